@@ -1,0 +1,144 @@
+"""The `edge-agent` command: run, check, describe.
+
+Imports stay inside the commands so `edge-agent --version` starts in a blink.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="edge-agent", description="Read sensors, aggregate on the board, forward the results."
+    )
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the agent in the foreground")
+    run.add_argument("-c", "--config", type=Path, required=True, help="the TOML config file")
+    run.add_argument("--duration", type=float, help="stop after this many seconds")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--log-json", action="store_true", help="JSON log lines even on a terminal")
+
+    check = commands.add_parser("check", help="check a config file and exit (0: valid, 2: not)")
+    check.add_argument("-c", "--config", type=Path, required=True)
+
+    describe = commands.add_parser(
+        "describe", help="list drivers, stages and sinks with their parameters"
+    )
+    describe.add_argument("name", nargs="?", help="show only this driver, stage or sink")
+
+    args = parser.parse_args(argv)
+    if args.command == "describe":
+        return _describe(args.name)
+    return _check(args.config) if args.command == "check" else _run(args)
+
+
+def _load(path: Path):  # type: ignore[no-untyped-def]  # the import is deferred on purpose
+    from agent.config import ConfigError, load
+
+    try:
+        return load(path)
+    except ConfigError as e:
+        for line in e.lines():
+            print(line, file=sys.stderr)
+        return None
+
+
+def _check(path: Path) -> int:
+    config = _load(path)
+    if config is None:
+        return EXIT_CONFIG
+    print(f"{path}: ok ({len(config.sensors)} sensors, {len(config.sinks)} sinks)")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from agent import log
+    from agent.daemon import Agent
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    log.setup(args.log_level or config.agent.log_level, json_lines=True if args.log_json else None)
+    agent = Agent(config)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, agent.stop)
+        await agent.run(duration=args.duration)
+
+    asyncio.run(main())
+    return 0
+
+
+def _describe(name: str | None) -> int:
+    import agent.stages  # noqa: F401  # registers the built-in stages
+    import drivers  # noqa: F401  # registers the built-in drivers
+    from agent.pipeline import Stage
+    from agent.registry import Registry, UnknownComponent
+    from agent.sinks import Sink
+    from drivers.base import Driver
+
+    kinds: list[tuple[str, Registry[Any]]] = [
+        ("drivers", Driver.registry),
+        ("stages", Stage.registry),
+        ("sinks", Sink.registry),
+    ]
+    if name is not None:
+        for _, registry in kinds:
+            try:
+                print(_component_text(registry.get(name)))
+                return 0
+            except UnknownComponent:
+                continue
+        from agent.schema import suggest
+
+        every = [n for _, registry in kinds for n in registry.names()]
+        print(
+            f"edge-agent: no driver, stage or sink named {name!r}{suggest(name, every)}",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    for title, registry in kinds:
+        print(f"{title}:\n")
+        for cls in registry:
+            print(_component_text(cls), end="\n\n")
+    return 0
+
+
+def _component_text(cls: type) -> str:
+    from agent.registry import Component
+
+    assert issubclass(cls, Component)
+    lines = [f"  {cls.name} - {cls.summary()}"]
+    for p in cls.params():
+        default = "required" if p.required else f"default {_toml(p.default)}"
+        doc = f": {p.doc}" if p.doc else ""
+        lines.append(f"      {p.name} ({p.type_text}; {default}){doc}")
+    return "\n".join(lines)
+
+
+def _toml(value: object) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, Path):
+        return f'"{value}"'
+    return repr(value)

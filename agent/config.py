@@ -1,0 +1,270 @@
+"""The config file, parsed once into typed objects.
+
+Everything a user can write is declared here or in a component's constructor;
+the loader checks the whole file and reports every problem at once, one line
+each: `FILE: sensors[2].pipeline[0].size: expected an integer ≥ 1, got "ten"`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from agent.pipeline import Stage
+from agent.registry import Component, Registry, UnknownComponent
+from agent.schema import (
+    Count,
+    Match,
+    NonNegative,
+    Positive,
+    Problem,
+    bind,
+    found,
+    injected_names,
+    params_of,
+    suggest,
+)
+from agent.sinks import Sink
+from agent.window import STATS, Stat
+from drivers.base import Driver
+
+C = TypeVar("C", bound=Component)
+
+Name = Annotated[str, Match(r"[A-Za-z0-9_-]+", "made of letters, digits, '_' and '-'")]
+
+
+@dataclass(frozen=True)
+class Spec(Generic[C]):
+    """A checked component: its class and the keyword arguments the config gave it."""
+
+    cls: type[C]
+    kwargs: Mapping[str, object]
+
+    def build(self, **resources: object) -> C:
+        """A new instance; resources (a clock, a bus) go to the constructors that declare them."""
+        wanted = injected_names(self.cls)
+        return self.cls(**self.kwargs, **{k: v for k, v in resources.items() if k in wanted})
+
+
+@dataclass(frozen=True)
+class Breaker:
+    failures: Annotated[Count, "consecutive failures that open the breaker"] = 5
+    cooldown: Annotated[Positive, "seconds before the first probe"] = 1.0
+    max_cooldown: Annotated[Positive, "cap on the growing cool-down"] = 60.0
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    device_id: Name
+    data_dir: Path = Path("/var/lib/edge-agent")
+    queue_size: Annotated[Count, "readings held between drivers and pipeline"] = 10_000
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    breaker: Breaker = field(default_factory=Breaker)
+
+
+@dataclass(frozen=True)
+class Window:
+    seconds: Positive
+    stats: tuple[Stat, ...] = ("count", "mean", "min", "max")
+    grace: Annotated[NonNegative, "seconds a window stays open for late readings"] = 0.5
+
+    def __post_init__(self) -> None:
+        if not self.stats:
+            raise ValueError(f"expected at least one of {', '.join(STATS)}, got an empty list")
+        if len(set(self.stats)) != len(self.stats):
+            raise ValueError("each statistic may appear once")
+
+
+@dataclass(frozen=True)
+class SensorSettings:
+    name: Name
+    interval: Annotated[Positive, "seconds between polls"] = 1.0
+    timeout: Annotated[Positive | None, "seconds a read may take (default: the interval)"] = None
+    window: Window | None = None
+
+
+SENSOR_KEYS = {p.name for p in params_of(SensorSettings)} | {"driver", "pipeline"}
+
+
+@dataclass(frozen=True)
+class Sensor:
+    name: str
+    driver: Spec[Driver]
+    interval: float
+    timeout: float
+    pipeline: tuple[Spec[Stage], ...]
+    window: Window | None
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path
+    agent: AgentSettings
+    sensors: tuple[Sensor, ...]
+    sinks: tuple[Spec[Sink], ...]
+
+
+class ConfigError(Exception):
+    """A config with problems; `lines()` gives one line per problem, prefixed by the file."""
+
+    def __init__(self, source: Path | str, problems: list[Problem]) -> None:
+        super().__init__(f"{len(problems)} problem(s) in {source}")
+        self.source = source
+        self.problems = problems
+
+    def lines(self) -> list[str]:
+        return [
+            f"{self.source}: {p.path}: {p.message}" if p.path else f"{self.source}: {p.message}"
+            for p in self.problems
+        ]
+
+
+def load(source: Path | str) -> Config:
+    """Read and check a config file; raises ConfigError listing every problem."""
+    path = Path(source)
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(path, [Problem("", f"cannot read the file: {e.strerror or e}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, [Problem("", "expected UTF-8 text, got binary data")]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, [Problem("", f"invalid TOML: {e}")]) from None
+    return parse(document, path)
+
+
+def parse(document: Mapping[str, Any], source: Path) -> Config:
+    import agent.stages  # noqa: F401  # registers the built-in stages
+    import drivers  # noqa: F401  # registers the built-in drivers
+
+    problems: list[Problem] = []
+    for key in document:
+        if key not in ("agent", "sensors", "sinks"):
+            hint = suggest(key, ["agent", "sensors", "sinks"])
+            problems.append(Problem(key, f"unknown table{hint}"))
+
+    agent_table = document.get("agent", {})
+    settings = None
+    if not isinstance(agent_table, dict):
+        problems.append(Problem.expected("agent", "a table ([agent])", agent_table))
+    else:
+        kwargs, found_problems = bind(params_of(AgentSettings), agent_table, "agent")
+        problems += found_problems
+        if not found_problems:
+            settings = AgentSettings(**kwargs)  # type: ignore[arg-type]
+
+    sensors = [
+        sensor
+        for i, table in enumerate(_tables(document, "sensors", problems, required=True))
+        if (sensor := _sensor(table, f"sensors[{i}]", problems)) is not None
+    ]
+    seen: dict[str, int] = {}
+    for i, sensor in enumerate(sensors):
+        if sensor.name in seen:
+            problems.append(Problem(f"sensors[{i}].name", f'"{sensor.name}" is used twice'))
+        seen[sensor.name] = i
+
+    sinks = [
+        spec
+        for i, table in enumerate(_tables(document, "sinks", problems, required=False))
+        if (spec := _component(Sink.registry, table, f"sinks[{i}]", "type", problems)) is not None
+    ]
+
+    if problems or settings is None:
+        raise ConfigError(source, problems)
+    return Config(source, settings, tuple(sensors), tuple(sinks))
+
+
+def _tables(
+    document: Mapping[str, Any], key: str, problems: list[Problem], *, required: bool
+) -> list[dict[str, Any]]:
+    value = document.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        problems.append(Problem.expected(key, f"a list of tables ([[{key}]])", value))
+        return []
+    if required and not value:
+        problems.append(Problem(key, f"expected at least one [[{key}]] table, got none"))
+    return value
+
+
+def _sensor(table: dict[str, Any], path: str, problems: list[Problem]) -> Sensor | None:
+    before = len(problems)
+    driver_name = table.get("driver")
+    cls = _lookup(Driver.registry, driver_name, f"{path}.driver", problems)
+    driver_params = cls.params() if cls is not None else []
+    own = params_of(SensorSettings)
+    # With an unknown driver, its keys cannot be judged: check only the sensor's own.
+    known = {"driver", "pipeline"} | (set() if cls is not None else set(table) - SENSOR_KEYS)
+    kwargs, found_problems = bind([*own, *driver_params], table, path, known=known)
+    problems += found_problems
+
+    stages_value = table.get("pipeline", [])
+    stages: list[Spec[Stage]] = []
+    if not isinstance(stages_value, list) or not all(isinstance(t, dict) for t in stages_value):
+        problems.append(
+            Problem.expected(
+                f"{path}.pipeline", "a list of tables like { stage = ... }", stages_value
+            )
+        )
+    else:
+        for i, stage_table in enumerate(stages_value):
+            spec = _component(
+                Stage.registry, stage_table, f"{path}.pipeline[{i}]", "stage", problems
+            )
+            if spec is not None:
+                stages.append(spec)
+
+    if len(problems) > before or cls is None:
+        return None
+    settings = SensorSettings(**{k: v for k, v in kwargs.items() if k in SENSOR_KEYS})  # type: ignore[arg-type]
+    driver = Spec(cls, {k: v for k, v in kwargs.items() if k not in SENSOR_KEYS})
+    if not _builds(driver, path, problems):
+        return None
+    return Sensor(
+        name=settings.name,
+        driver=driver,
+        interval=settings.interval,
+        timeout=settings.timeout or settings.interval,
+        pipeline=tuple(stages),
+        window=settings.window,
+    )
+
+
+def _component(
+    registry: Registry[C], table: dict[str, Any], path: str, key: str, problems: list[Problem]
+) -> Spec[C] | None:
+    cls = _lookup(registry, table.get(key), f"{path}.{key}", problems)
+    if cls is None:
+        return None
+    kwargs, found_problems = bind(cls.params(), table, path, known={key})
+    problems += found_problems
+    spec = Spec(cls, kwargs)
+    return spec if not found_problems and _builds(spec, path, problems) else None
+
+
+def _lookup(
+    registry: Registry[C], name: object, path: str, problems: list[Problem]
+) -> type[C] | None:
+    if not isinstance(name, str):
+        what = f"the name of a {registry.kind}"
+        shown = "nothing (missing)" if name is None else found(name)
+        problems.append(Problem(path, f"expected {what}, got {shown}"))
+        return None
+    try:
+        return registry.get(name)
+    except UnknownComponent as e:
+        problems.append(Problem(path, str(e)))
+        return None
+
+
+def _builds(spec: Spec[Any], path: str, problems: list[Problem]) -> bool:
+    """Constructors check what one value alone cannot (two points, min below max)."""
+    try:
+        spec.build()
+    except (ValueError, TypeError) as e:
+        problems.append(Problem(path, str(e)))
+        return False
+    return True

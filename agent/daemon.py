@@ -1,0 +1,209 @@
+"""The running agent: drivers feed a bounded queue; one consumer runs pipelines, windows and sinks.
+
+    driver task ─┐                       ┌─ pipeline ─ window ─┐
+    driver task ─┼─> DropOldestQueue ──> ┼─ pipeline ─ window ─┼─> sinks
+    driver task ─┘   (bounded)           └─ pipeline ──────────┘   (events)
+
+Only the driver tasks wait on devices; the consumer never does, so a hung
+sensor cannot hold up anyone else's readings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from agent import __version__, log
+from agent.clock import SYSTEM_CLOCK, Clock
+from agent.config import Config
+from agent.pipeline import Pipeline
+from agent.queues import DropOldestQueue
+from agent.records import Aggregate, Reading
+from agent.resilience import CircuitBreaker
+from agent.sampling import SensorRunner
+from agent.sinks import Sink
+from agent.window import TumblingWindow
+
+_log = log.get("agent")
+
+
+class Route:
+    """Where one channel's readings go: its own pipeline, then its window (or straight out)."""
+
+    __slots__ = ("pipeline", "window")
+
+    def __init__(self, pipeline: Pipeline, window: TumblingWindow | None) -> None:
+        self.pipeline = pipeline
+        self.window = window
+
+
+class Agent:
+    def __init__(
+        self, config: Config, *, clock: Clock = SYSTEM_CLOCK, sinks: Sequence[Sink] | None = None
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.sinks = list(sinks) if sinks is not None else [s.build() for s in config.sinks]
+        self.queue: DropOldestQueue[Reading] = DropOldestQueue(config.agent.queue_size)
+        self.routes: dict[str, Route] = {}
+        self.runners: list[SensorRunner] = []
+        self.sink_errors = 0
+        self._sink_failures = log.Burst()
+        self._stopping = False
+        started = clock.time()
+        breaker = config.agent.breaker
+        for sensor in config.sensors:
+            runner = SensorRunner(
+                sensor,
+                sensor.driver.build(clock=clock),
+                self.queue.put,
+                clock=clock,
+                breaker=CircuitBreaker(
+                    failures=breaker.failures,
+                    cooldown=breaker.cooldown,
+                    max_cooldown=breaker.max_cooldown,
+                    clock=clock,
+                ),
+            )
+            self.runners.append(runner)
+            for channel, unit in runner.channels.values():
+                window = None
+                if sensor.window is not None:
+                    window = TumblingWindow(
+                        channel,
+                        seconds=sensor.window.seconds,
+                        stats=sensor.window.stats,
+                        grace=sensor.window.grace,
+                        unit=unit,
+                        since=started,
+                    )
+                self.routes[channel] = Route(Pipeline([s.build() for s in sensor.pipeline]), window)
+
+    def stop(self) -> None:
+        """Ask `run()` to finish: safe to call from a signal handler."""
+        self._stopping = True
+        self.queue.wake()
+
+    async def run(self, duration: float | None = None) -> None:
+        """Run until `stop()` or for `duration` seconds; then close windows, flush the sinks."""
+        with contextlib.ExitStack() as stack:
+            for sink in self.sinks:
+                stack.enter_context(sink)
+            tasks = [
+                asyncio.create_task(r.run(), name=f"sensor-{r.sensor.name}") for r in self.runners
+            ]
+            if duration is not None:
+                asyncio.get_running_loop().call_later(duration, self.stop)
+            _log.info(
+                "started",
+                version=__version__,
+                device=self.config.agent.device_id,
+                sensors=[r.sensor.name for r in self.runners],
+            )
+            try:
+                await self._consume()
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                self._process(self.queue.take_all())
+                for route in self.routes.values():
+                    if route.window is not None and (aggregate := route.window.flush()):
+                        self._emit(aggregate)
+                self._log_counters()
+
+    async def _consume(self) -> None:
+        while not self._stopping:
+            deadline = min(
+                (r.window.deadline for r in self.routes.values() if r.window is not None),
+                default=math.inf,
+            )
+            wait = deadline - self.clock.time()
+            if wait > 0 and not len(self.queue):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.queue.wait(), None if math.isinf(wait) else wait)
+            self._process(self.queue.take_all())
+            now = self.clock.time()
+            for route in self.routes.values():
+                if route.window is not None and (aggregate := route.window.advance(now)):
+                    self._emit(aggregate)
+
+    def _process(self, batch: list[Reading]) -> None:
+        by_channel: dict[str, list[Reading]] = {}
+        for reading in batch:
+            by_channel.setdefault(reading.sensor, []).append(reading)
+        for channel, readings in by_channel.items():
+            route = self.routes[channel]
+            window = route.window
+            for reading in route.pipeline.feed(readings):
+                if window is None:
+                    self._emit(reading)
+                elif aggregate := window.add(reading):
+                    self._emit(aggregate)
+
+    def _emit(self, record: Reading | Aggregate) -> None:
+        for sink in self.sinks:
+            try:
+                sink.write(record)
+            except Exception as e:  # a full disk must not stop the other sinks or the sensors
+                self.sink_errors += 1
+                if self._sink_failures.fail():
+                    _log.error("sink_failed", sink=sink.name, error=f"{type(e).__name__}: {e}")
+            else:
+                if self._sink_failures.failures:
+                    _log.info("sink_recovered", failures=self._sink_failures.end())
+
+    def _log_counters(self) -> None:
+        for runner in self.runners:
+            _log.info(
+                "sensor_counters",
+                sensor=runner.sensor.name,
+                breaker=runner.breaker.state.value,
+                **runner.stats.as_dict(),
+            )
+        for channel, route in self.routes.items():
+            for stats in route.pipeline.stats():
+                _log.info(
+                    "stage_counters",
+                    channel=channel,
+                    stage=stats["stage"],
+                    received=stats["received"],
+                    passed=stats["passed"],
+                    dropped=stats["dropped"],
+                    ms=round(stats["seconds"] * 1000, 3),
+                    **stats["counters"],
+                )
+            if route.window is not None:
+                _log.info(
+                    "window_counters",
+                    channel=channel,
+                    windows=route.window.seq,
+                    late=route.window.late,
+                )
+        _log.info("stopped", queue_dropped=self.queue.dropped, sink_errors=self.sink_errors)
+
+    def counters(self) -> dict[str, Any]:
+        """Everything counted so far, by sensor and by stage: what `run` logs on exit."""
+        return {
+            "queue_dropped": self.queue.dropped,
+            "sink_errors": self.sink_errors,
+            "sensors": {
+                r.sensor.name: {**r.stats.as_dict(), "breaker": r.breaker.state.value}
+                for r in self.runners
+            },
+            "channels": {
+                name: {
+                    "stages": route.pipeline.stats(),
+                    "received": route.pipeline.received,
+                    **(
+                        {"windows": route.window.seq, "late": route.window.late}
+                        if route.window is not None
+                        else {}
+                    ),
+                }
+                for name, route in self.routes.items()
+            },
+        }

@@ -1,0 +1,268 @@
+"""The loop around one driver: polling on time, cutting off hung reads, isolating failures.
+
+Each sensor runs as its own asyncio task. A polled driver is read on a fixed
+grid (`interval` seconds, aligned to the epoch) and its readings carry the
+grid time, so a 1 s window of a 10 Hz sensor holds exactly 10 readings. A read
+that takes longer than `timeout` is abandoned; consecutive failures open the
+sensor's circuit breaker, and probes follow with a growing cool-down while
+every other sensor keeps flowing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import queue
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from agent import log
+from agent.clock import Clock
+from agent.config import Sensor
+from agent.records import Reading
+from agent.resilience import BreakerState, CircuitBreaker
+from drivers.base import Driver, Sample
+
+_log = log.get("agent.sensor")
+
+
+class SensorStats:
+    __slots__ = ("empty", "errors", "invalid", "overruns", "readings", "skipped", "timeouts")
+
+    def __init__(self) -> None:
+        self.readings = 0  # readings handed to the pipeline
+        self.empty = 0  # reads that returned nothing
+        self.invalid = 0  # values that were not finite numbers, or named no known channel
+        self.errors = 0  # reads that raised
+        self.timeouts = 0  # reads cut off after `timeout`
+        self.skipped = 0  # polls skipped while the breaker was open
+        self.overruns = 0  # polls missed because the previous one ran late
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class BlockingCaller:
+    """Runs a driver's blocking reads on its own daemon thread.
+
+    One thread per driver, so a device that hangs holds up only itself, and a
+    daemon thread, so a read that never returns cannot keep the agent from exiting.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._work, name=f"driver-{name}", daemon=True)
+        self._thread.start()
+        self._current: asyncio.Future[Any] | None = None
+
+    def call(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+        if self._current is not None and not self._current.done():
+            raise TimeoutError("the previous read has not returned yet")
+        self._current = asyncio.get_running_loop().create_future()
+        self._jobs.put((fn, self._current))
+        return self._current
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, future = job
+            loop = future.get_loop()
+            try:
+                result = fn()
+            except BaseException as e:  # handed to the awaiting task, not lost in the thread
+                loop.call_soon_threadsafe(_settle, future, None, e)
+            else:
+                loop.call_soon_threadsafe(_settle, future, result, None)
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class SensorRunner:
+    def __init__(
+        self,
+        sensor: Sensor,
+        driver: Driver,
+        put: Callable[[Reading], None],
+        *,
+        clock: Clock,
+        breaker: CircuitBreaker,
+    ) -> None:
+        self.sensor = sensor
+        self.driver = driver
+        self.put = put
+        self.clock = clock
+        self.breaker = breaker
+        self.stats = SensorStats()
+        self.last_error = ""
+        self._failures = log.Burst()
+        self._invalid = log.Burst()
+        self._caller: BlockingCaller | None = None
+        # One interned name per channel: every reading of the channel shares it.
+        self.channels: dict[str, tuple[str, str]] = {
+            ch.name: (
+                sys.intern(
+                    sensor.name if len(driver.channels) == 1 else f"{sensor.name}.{ch.name}"
+                ),
+                sys.intern(ch.unit),
+            )
+            for ch in driver.channels
+        }
+        self._single = next(iter(self.channels.values())) if len(self.channels) == 1 else None
+
+    async def run(self) -> None:
+        try:
+            if self.driver.mode == "push":
+                await self._push()
+            else:
+                await self._poll()
+        finally:
+            if self._caller is not None:
+                self._caller.stop()
+            try:
+                await self.driver.close()
+            except Exception as e:
+                _log.warning("driver_close_failed", sensor=self.sensor.name, error=_text(e))
+
+    async def _open(self) -> bool:
+        try:
+            await asyncio.wait_for(self.driver.open(), self.sensor.timeout)
+        except Exception as e:
+            self._failed(e)
+            return False
+        return True
+
+    async def _poll(self) -> None:
+        interval, clock = self.sensor.interval, self.clock
+        opened = False
+        tick = math.ceil(clock.time() / interval)
+        while True:
+            due = tick * interval
+            late = clock.time() - due
+            if late > interval:  # the loop fell behind: skip to the present, never burst
+                missed = math.floor(late / interval)
+                self.stats.overruns += missed
+                tick += missed
+                continue
+            if late < 0:
+                await asyncio.sleep(-late)
+            tick += 1
+            if not self.breaker.allow():
+                self.stats.skipped += 1
+                continue
+            if not opened:
+                opened = await self._open()
+                if not opened:
+                    continue
+            try:
+                sample = await asyncio.wait_for(self._read(), self.sensor.timeout)
+            except Exception as e:
+                self._failed(e)
+            else:
+                self._succeeded()
+                self._emit(round(due, 6), sample)
+
+    async def _read(self) -> Sample:
+        if self.driver.mode == "poll":
+            return await self.driver.read()
+        if self._caller is None:
+            self._caller = BlockingCaller(self.sensor.name)
+        # shield: a timeout abandons the wait, not the thread's read, so the caller
+        # knows the device is still busy and does not stack another read on it.
+        result: Sample = await asyncio.shield(self._caller.call(self.driver.read_blocking))
+        return result
+
+    async def _push(self) -> None:
+        opened = False
+        while True:
+            while not self.breaker.allow():
+                self.stats.skipped += 1
+                await asyncio.sleep(max(self.breaker.reopen_at - self.clock.monotonic(), 0.01))
+            if not opened:
+                opened = await self._open()
+                if not opened:
+                    await asyncio.sleep(self.sensor.interval)
+                    continue
+            try:
+                async for sample in self.driver.stream():
+                    self._succeeded()
+                    self._emit(self.clock.time(), sample)
+                _log.info("stream_ended", sensor=self.sensor.name)
+                return
+            except Exception as e:
+                self._failed(e)
+                await asyncio.sleep(self.sensor.interval)
+
+    def _emit(self, ts: float, sample: Sample) -> None:
+        if sample is None:
+            self.stats.empty += 1
+            return
+        if isinstance(sample, Mapping):
+            for channel, value in sample.items():
+                names = self.channels.get(channel)
+                if names is None:
+                    self._bad(f"unknown channel {channel!r}")
+                else:
+                    self._put(names, ts, value)
+        elif self._single is not None:
+            self._put(self._single, ts, sample)
+        else:
+            self._bad("a driver with several channels must return a mapping")
+
+    def _put(self, names: tuple[str, str], ts: float, value: object) -> None:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
+            self._bad(f"not a finite number: {value!r}")
+            return
+        if self._invalid.failures:
+            _log.info("values_valid_again", sensor=self.sensor.name, invalid=self._invalid.end())
+        self.stats.readings += 1
+        self.put(Reading(names[0], ts, float(value), names[1]))
+
+    def _bad(self, why: str) -> None:
+        self.stats.invalid += 1
+        if self._invalid.fail():
+            _log.warning("invalid_value", sensor=self.sensor.name, reason=why)
+
+    def _failed(self, error: BaseException) -> None:
+        if isinstance(error, TimeoutError):
+            self.stats.timeouts += 1
+            error_text = f"no answer within {self.sensor.timeout:g} s"
+        else:
+            self.stats.errors += 1
+            error_text = _text(error)
+        self.last_error = error_text
+        self.breaker.failure()
+        if self._failures.fail():
+            _log.warning("read_failed", sensor=self.sensor.name, error=error_text)
+        if self.breaker.state is BreakerState.OPEN and self.breaker.trips == 1:
+            _log.warning(
+                "breaker_open",
+                sensor=self.sensor.name,
+                failures=self._failures.failures,
+                retry_in=round(self.breaker.reopen_at - self.clock.monotonic(), 3),
+            )
+
+    def _succeeded(self) -> None:
+        if self.breaker.state is not BreakerState.CLOSED or self._failures.failures:
+            _log.info("sensor_recovered", sensor=self.sensor.name, failures=self._failures.end())
+        self.breaker.success()
+
+
+def _text(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

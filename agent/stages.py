@@ -1,0 +1,189 @@
+"""The built-in stages, after the filters people reach for on ESPHome sensors.
+
+Each stage's parameters are its constructor's keyword arguments: the config
+schema, the checks and `edge-agent describe` all read them from here.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+from typing import Annotated, Literal
+
+from agent.pipeline import Stage
+from agent.records import Reading
+from agent.schema import Bounds, Count, NonNegative, Positive
+
+
+class Calibrate(Stage, name="calibrate"):
+    """Correct values linearly: value × scale + offset, or fitted through two reference points."""
+
+    __slots__ = ("offset", "scale")
+
+    def __init__(
+        self,
+        *,
+        offset: float = 0.0,
+        scale: float = 1.0,
+        points: Annotated[
+            list[list[float]] | None, "two [raw, true] pairs; replaces offset and scale"
+        ] = None,
+    ) -> None:
+        if points is not None:
+            if offset != 0.0 or scale != 1.0:
+                raise ValueError("give either points or offset/scale, not both")
+            if len(points) != 2 or any(len(p) != 2 for p in points):
+                raise ValueError("points takes exactly two [raw, true] pairs")
+            (raw1, true1), (raw2, true2) = points
+            if raw1 == raw2:
+                raise ValueError("the two points need different raw values")
+            scale = (true2 - true1) / (raw2 - raw1)
+            offset = true1 - scale * raw1
+        self.offset = offset
+        self.scale = scale
+
+    def transform(self, readings: Iterable[Reading]) -> Iterator[Reading]:
+        offset, scale = self.offset, self.scale
+        for reading in readings:
+            reading.value = reading.value * scale + offset
+            yield reading
+
+
+class Range(Stage, name="range"):
+    """Keep values within [min, max]: drop the others, or clamp them to the nearest bound."""
+
+    __slots__ = ("clamped", "high", "low", "mode")
+
+    def __init__(
+        self,
+        *,
+        min: float | None = None,
+        max: float | None = None,
+        mode: Literal["drop", "clamp"] = "drop",
+    ) -> None:
+        if min is None and max is None:
+            raise ValueError("give min, max or both")
+        if min is not None and max is not None and min > max:
+            raise ValueError(f"min ({min}) is above max ({max})")
+        self.low = -float("inf") if min is None else min
+        self.high = float("inf") if max is None else max
+        self.mode = mode
+        self.clamped = 0
+
+    def transform(self, readings: Iterable[Reading]) -> Iterator[Reading]:
+        low, high, clamp = self.low, self.high, self.mode == "clamp"
+        for reading in readings:
+            value = reading.value
+            if low <= value <= high:
+                yield reading
+            elif clamp:
+                self.clamped += 1
+                reading.value = low if value < low else high
+                yield reading
+
+    def counters(self) -> dict[str, int]:
+        return {"clamped": self.clamped} if self.mode == "clamp" else {}
+
+
+class Delta(Stage, name="delta"):
+    """Pass a value only when it moved by `change` or more, or after `heartbeat` s of silence."""
+
+    __slots__ = ("change", "heartbeat", "last_ts", "last_value")
+
+    def __init__(
+        self,
+        *,
+        change: NonNegative,
+        heartbeat: Annotated[Positive | None, "re-send the value after this many seconds"] = None,
+    ) -> None:
+        self.change = change
+        self.heartbeat = heartbeat
+        self.last_value: float | None = None
+        self.last_ts = 0.0
+
+    def transform(self, readings: Iterable[Reading]) -> Iterator[Reading]:
+        for reading in readings:
+            last = self.last_value
+            if (
+                last is None
+                or abs(reading.value - last) >= self.change
+                or (self.heartbeat is not None and reading.ts - self.last_ts >= self.heartbeat)
+            ):
+                self.last_value = reading.value
+                self.last_ts = reading.ts
+                yield reading
+
+
+class Throttle(Stage, name="throttle"):
+    """Pass at most one value every `seconds` (by the readings' own timestamps)."""
+
+    __slots__ = ("next_ts", "seconds")
+
+    def __init__(self, *, seconds: Positive) -> None:
+        self.seconds = seconds
+        self.next_ts = -float("inf")
+
+    def transform(self, readings: Iterable[Reading]) -> Iterator[Reading]:
+        for reading in readings:
+            if reading.ts >= self.next_ts:
+                self.next_ts = reading.ts + self.seconds
+                yield reading
+
+
+class MovingAverage(Stage, name="moving_average"):
+    """Replace each value by the mean of the last `size` values (a sliding window)."""
+
+    __slots__ = ("total", "values")
+
+    def __init__(self, *, size: Count = 5) -> None:
+        self.values: deque[float] = deque(maxlen=size)
+        self.total = 0.0
+
+    def transform(self, readings: Iterable[Reading]) -> Iterator[Reading]:
+        values = self.values
+        size = values.maxlen
+        for reading in readings:
+            if len(values) == size:
+                self.total -= values[0]
+            values.append(reading.value)
+            self.total += reading.value
+            reading.value = self.total / len(values)
+            yield reading
+
+
+class Median(Stage, name="median"):
+    """Replace each value by the median of the last `size` values: removes spikes, keeps steps."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, *, size: Count = 5) -> None:
+        self.values: deque[float] = deque(maxlen=size)
+
+    def transform(self, readings: Iterable[Reading]) -> Iterator[Reading]:
+        values = self.values
+        for reading in readings:
+            values.append(reading.value)
+            ordered = sorted(values)
+            middle = len(ordered) // 2
+            reading.value = (
+                ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+            )
+            yield reading
+
+
+class ExponentialMovingAverage(Stage, name="ema"):
+    """Smooth values exponentially: each output moves `alpha` of the way to the new value."""
+
+    __slots__ = ("alpha", "state")
+
+    def __init__(self, *, alpha: Annotated[float, Bounds(gt=0, le=1)] = 0.1) -> None:
+        self.alpha = alpha
+        self.state: float | None = None
+
+    def transform(self, readings: Iterable[Reading]) -> Iterator[Reading]:
+        alpha = self.alpha
+        for reading in readings:
+            state = self.state
+            state = reading.value if state is None else state + alpha * (reading.value - state)
+            self.state = reading.value = state
+            yield reading
