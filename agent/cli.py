@@ -58,7 +58,8 @@ def _check(path: Path) -> int:
     config = _load(path)
     if config is None:
         return EXIT_CONFIG
-    print(f"{path}: ok ({len(config.sensors)} sensors, {len(config.sinks)} sinks)")
+    sensors, sinks = len(config.sensors), len(config.sinks)
+    print(f"{path}: ok ({sensors} sensor{'s' * (sensors != 1)}, {sinks} sink{'s' * (sinks != 1)})")
     return 0
 
 

@@ -1,8 +1,10 @@
 """The config file, parsed once into typed objects.
 
-Everything a user can write is declared here or in a component's constructor;
-the loader checks the whole file and reports every problem at once, one line
+Everything a user can write is declared here or in a component's constructor.
+The loader checks the whole file and reports its problems together, one line
 each: `FILE: sensors[2].pipeline[0].size: expected an integer ≥ 1, got "ten"`.
+(Checks that relate several values of one table, such as min below max, run
+once that table's values are each valid.)
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from agent.pipeline import Stage
 from agent.registry import Component, Registry, UnknownComponent
 from agent.schema import (
     Count,
+    Invalid,
     Match,
     NonNegative,
     Positive,
@@ -52,8 +55,15 @@ class Spec(Generic[C]):
 @dataclass(frozen=True)
 class Breaker:
     failures: Annotated[Count, "consecutive failures that open the breaker"] = 5
-    cooldown: Annotated[Positive, "seconds before the first probe"] = 1.0
+    cooldown: Annotated[Positive, "seconds before the first probe (jittered down to half)"] = 1.0
     max_cooldown: Annotated[Positive, "cap on the growing cool-down"] = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_cooldown < self.cooldown:
+            raise Invalid(
+                "max_cooldown",
+                f"expected a number ≥ cooldown ({self.cooldown:g}), got {self.max_cooldown:g}",
+            )
 
 
 @dataclass(frozen=True)
@@ -73,9 +83,12 @@ class Window:
 
     def __post_init__(self) -> None:
         if not self.stats:
-            raise ValueError(f"expected at least one of {', '.join(STATS)}, got an empty list")
-        if len(set(self.stats)) != len(self.stats):
-            raise ValueError("each statistic may appear once")
+            raise Invalid(
+                "stats", f"expected at least one of {', '.join(STATS)}, got an empty list"
+            )
+        twice = sorted({s for s in self.stats if self.stats.count(s) > 1})
+        if twice:
+            raise Invalid("stats", f"expected each statistic once, got {', '.join(twice)} twice")
 
 
 @dataclass(frozen=True)
@@ -144,7 +157,7 @@ def parse(document: Mapping[str, Any], source: Path) -> Config:
     for key in document:
         if key not in ("agent", "sensors", "sinks"):
             hint = suggest(key, ["agent", "sensors", "sinks"])
-            problems.append(Problem(key, f"unknown table{hint}"))
+            problems.append(Problem(key, f"unknown key{hint}"))
 
     agent_table = document.get("agent", {})
     settings = None
@@ -156,16 +169,15 @@ def parse(document: Mapping[str, Any], source: Path) -> Config:
         if not found_problems:
             settings = AgentSettings(**kwargs)  # type: ignore[arg-type]
 
-    sensors = [
-        sensor
-        for i, table in enumerate(_tables(document, "sensors", problems, required=True))
-        if (sensor := _sensor(table, f"sensors[{i}]", problems)) is not None
-    ]
-    seen: dict[str, int] = {}
-    for i, sensor in enumerate(sensors):
-        if sensor.name in seen:
-            problems.append(Problem(f"sensors[{i}].name", f'"{sensor.name}" is used twice'))
-        seen[sensor.name] = i
+    sensors: list[Sensor] = []
+    seen: set[object] = set()
+    for i, table in enumerate(_tables(document, "sensors", problems, required=True)):
+        name = table.get("name")
+        if isinstance(name, str) and name in seen:
+            problems.append(Problem(f"sensors[{i}].name", f'"{name}" is used twice'))
+        seen.add(name)
+        if (sensor := _sensor(table, f"sensors[{i}]", problems)) is not None:
+            sensors.append(sensor)
 
     sinks = [
         spec
@@ -182,8 +194,13 @@ def _tables(
     document: Mapping[str, Any], key: str, problems: list[Problem], *, required: bool
 ) -> list[dict[str, Any]]:
     value = document.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+    if not isinstance(value, list):
         problems.append(Problem.expected(key, f"a list of tables ([[{key}]])", value))
+        return []
+    strays = [i for i, t in enumerate(value) if not isinstance(t, dict)]
+    for i in strays:
+        problems.append(Problem.expected(f"{key}[{i}]", "a table", value[i]))
+    if strays:
         return []
     if required and not value:
         problems.append(Problem(key, f"expected at least one [[{key}]] table, got none"))
@@ -203,19 +220,21 @@ def _sensor(table: dict[str, Any], path: str, problems: list[Problem]) -> Sensor
 
     stages_value = table.get("pipeline", [])
     stages: list[Spec[Stage]] = []
-    if not isinstance(stages_value, list) or not all(isinstance(t, dict) for t in stages_value):
+    if not isinstance(stages_value, list):
         problems.append(
             Problem.expected(
                 f"{path}.pipeline", "a list of tables like { stage = ... }", stages_value
             )
         )
-    else:
-        for i, stage_table in enumerate(stages_value):
-            spec = _component(
-                Stage.registry, stage_table, f"{path}.pipeline[{i}]", "stage", problems
-            )
-            if spec is not None:
-                stages.append(spec)
+        stages_value = []
+    for i, stage_table in enumerate(stages_value):
+        where = f"{path}.pipeline[{i}]"
+        if not isinstance(stage_table, dict):
+            problems.append(Problem.expected(where, "a table like { stage = ... }", stage_table))
+        elif (
+            spec := _component(Stage.registry, stage_table, where, "stage", problems)
+        ) is not None:
+            stages.append(spec)
 
     if len(problems) > before or cls is None:
         return None
@@ -264,6 +283,9 @@ def _builds(spec: Spec[Any], path: str, problems: list[Problem]) -> bool:
     """Constructors check what one value alone cannot (two points, min below max)."""
     try:
         spec.build()
+    except Invalid as e:
+        problems.append(Problem(f"{path}.{e.key}", str(e)))
+        return False
     except (ValueError, TypeError) as e:
         problems.append(Problem(path, str(e)))
         return False

@@ -51,7 +51,9 @@ class Agent:
         self.routes: dict[str, Route] = {}
         self.runners: list[SensorRunner] = []
         self.sink_errors = 0
+        self.stage_errors = 0
         self._sink_failures = log.Burst()
+        self._stage_failures = log.Burst()
         self._stopping = False
         started = clock.time()
         breaker = config.agent.breaker
@@ -97,6 +99,10 @@ class Agent:
             ]
             if duration is not None:
                 asyncio.get_running_loop().call_later(duration, self.stop)
+            if not self.sinks:
+                _log.warning(
+                    "no_sinks", detail="nothing is written anywhere; add a [[sinks]] table"
+                )
             _log.info(
                 "started",
                 version=__version__,
@@ -124,7 +130,10 @@ class Agent:
             wait = deadline - self.clock.time()
             if wait > 0 and not len(self.queue):
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.queue.wait(), None if math.isinf(wait) else wait)
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                    # cancellation that races with completion, and the agent never stops.
+                    async with asyncio.timeout(None if math.isinf(wait) else wait):
+                        await self.queue.wait()
             self._process(self.queue.take_all())
             now = self.clock.time()
             for route in self.routes.values():
@@ -138,11 +147,21 @@ class Agent:
         for channel, readings in by_channel.items():
             route = self.routes[channel]
             window = route.window
-            for reading in route.pipeline.feed(readings):
-                if window is None:
-                    self._emit(reading)
-                elif aggregate := window.add(reading):
-                    self._emit(aggregate)
+            try:
+                for reading in route.pipeline.feed(readings):
+                    if window is None:
+                        self._emit(reading)
+                    elif aggregate := window.add(reading):
+                        self._emit(aggregate)
+            except Exception as e:  # a faulty stage costs its channel this batch, nothing more
+                self.stage_errors += 1
+                if self._stage_failures.fail():
+                    _log.error("stage_failed", channel=channel, error=f"{type(e).__name__}: {e}")
+            else:
+                if self._stage_failures.failures:
+                    _log.info(
+                        "stage_recovered", channel=channel, failures=self._stage_failures.end()
+                    )
 
     def _emit(self, record: Reading | Aggregate) -> None:
         for sink in self.sinks:
@@ -183,12 +202,18 @@ class Agent:
                     windows=route.window.seq,
                     late=route.window.late,
                 )
-        _log.info("stopped", queue_dropped=self.queue.dropped, sink_errors=self.sink_errors)
+        _log.info(
+            "stopped",
+            queue_dropped=self.queue.dropped,
+            stage_errors=self.stage_errors,
+            sink_errors=self.sink_errors,
+        )
 
     def counters(self) -> dict[str, Any]:
         """Everything counted so far, by sensor and by stage: what `run` logs on exit."""
         return {
             "queue_dropped": self.queue.dropped,
+            "stage_errors": self.stage_errors,
             "sink_errors": self.sink_errors,
             "sensors": {
                 r.sensor.name: {**r.stats.as_dict(), "breaker": r.breaker.state.value}

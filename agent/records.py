@@ -1,8 +1,8 @@
 """The two values that travel through the agent: a reading and an aggregate.
 
 Both are slotted: an agent holds thousands of readings in flight, and a
-per-instance `__dict__` would triple their size. Sensor names and units are
-interned once when the config is loaded, so every reading shares them.
+per-instance `__dict__` would triple their size. Channel names and units are
+interned once when a sensor is set up, so every reading shares them.
 """
 
 from __future__ import annotations

@@ -55,19 +55,20 @@ class Registry(Generic[C]):
         for ep in entry_points(group=self.group, name=name):
             return self._checked(ep.load(), name)
         known = sorted({*self._classes, *(ep.name for ep in entry_points(group=self.group))})
-        raise UnknownComponent(f"unknown {self.kind} {name!r}{suggest(name, known)}")
+        raise UnknownComponent(f'unknown {self.kind} "{name}"{suggest(name, known)}')
 
     def _import(self, reference: str) -> type[C]:
         module_name, _, attr = reference.partition(":")
         try:
             obj = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise UnknownComponent(f"cannot load {self.kind} {reference!r}: {e}") from None
+        except Exception as e:  # whatever the module's own code raised while importing
+            why = f"{type(e).__name__}: {e}"
+            raise UnknownComponent(f'cannot load {self.kind} "{reference}": {why}') from None
         return self._checked(obj, reference)
 
     def _checked(self, obj: Any, reference: str) -> type[C]:
         if not (isinstance(obj, type) and issubclass(obj, self.base)):
-            raise UnknownComponent(f"{reference!r} is not a {self.kind} class")
+            raise UnknownComponent(f'"{reference}" is not a {self.kind} class')
         try:
             obj.check_contract()
         except TypeError as e:

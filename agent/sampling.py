@@ -37,7 +37,7 @@ class SensorStats:
         self.invalid = 0  # values that were not finite numbers, or named no known channel
         self.errors = 0  # reads that raised
         self.timeouts = 0  # reads cut off after `timeout`
-        self.skipped = 0  # polls skipped while the breaker was open
+        self.skipped = 0  # polls skipped while the breaker was open (polled drivers)
         self.overruns = 0  # polls missed because the previous one ran late
 
     def as_dict(self) -> dict[str, int]:
@@ -132,13 +132,15 @@ class SensorRunner:
             if self._caller is not None:
                 self._caller.stop()
             try:
-                await self.driver.close()
+                async with asyncio.timeout(self.sensor.timeout):
+                    await self.driver.close()
             except Exception as e:
                 _log.warning("driver_close_failed", sensor=self.sensor.name, error=_text(e))
 
     async def _open(self) -> bool:
         try:
-            await asyncio.wait_for(self.driver.open(), self.sensor.timeout)
+            async with asyncio.timeout(self.sensor.timeout):
+                await self.driver.open()
         except Exception as e:
             self._failed(e)
             return False
@@ -167,7 +169,10 @@ class SensorRunner:
                 if not opened:
                     continue
             try:
-                sample = await asyncio.wait_for(self._read(), self.sensor.timeout)
+                # asyncio.timeout, not wait_for: wait_for on 3.11 can swallow the
+                # cancellation that stops the agent when it races with a read finishing.
+                async with asyncio.timeout(self.sensor.timeout):
+                    sample = await self._read()
             except Exception as e:
                 self._failed(e)
             else:
@@ -188,7 +193,6 @@ class SensorRunner:
         opened = False
         while True:
             while not self.breaker.allow():
-                self.stats.skipped += 1
                 await asyncio.sleep(max(self.breaker.reopen_at - self.clock.monotonic(), 0.01))
             if not opened:
                 opened = await self._open()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
 import re
 import types
 import typing
@@ -69,11 +70,25 @@ class Injected:
 class Mismatch(ValueError):
     """A value that does not fit its annotation; `expected` is what the user should write."""
 
-    def __init__(self, expected: str, at: str = "", value: object = None) -> None:
+    def __init__(
+        self, expected: str, *, hint: str = "", at: str = "", value: object = None
+    ) -> None:
         super().__init__(expected)
         self.expected = expected
+        self.hint = hint  # '; did you mean "clamp"?', shown after what was found
         self.at = at  # where inside the value, for items of a list: "[2]"
         self.value = value
+
+
+class Invalid(ValueError):
+    """Raised by a constructor for a value that fits its type but not the others (min above max).
+
+    `key` names the parameter to blame, so the message points at it.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 def _num(x: float) -> str:
@@ -145,8 +160,7 @@ def convert(value: object, annotation: Any) -> Any:
         except Mismatch as e:
             if e.at:
                 raise
-            hint = e.expected.partition(";")[2]
-            raise Mismatch(describe_type(annotation) + (";" + hint if hint else "")) from None
+            raise Mismatch(describe_type(annotation), hint=e.hint) from None
         for marker in args[1:]:
             if (isinstance(marker, Bounds) and not marker.holds(result)) or (
                 isinstance(marker, Match) and not re.fullmatch(marker.pattern, result)
@@ -157,15 +171,16 @@ def convert(value: object, annotation: Any) -> Any:
         if value in args and type(value) is type(args[0]):
             return value
         hint = suggest(value, [str(a) for a in args]) if isinstance(value, str) else ""
-        raise Mismatch(describe_type(annotation) + hint)
+        raise Mismatch(describe_type(annotation), hint=hint)
     if origin in (Union, types.UnionType):
         for option in args:
             if option is type(None):
                 continue
             try:
                 return convert(value, option)
-            except Mismatch:
-                pass
+            except Mismatch as e:
+                if e.at:  # the value had the option's shape; one item inside was wrong
+                    raise
         raise Mismatch(describe_type(annotation))
     if origin in (list, tuple):
         if not isinstance(value, list):
@@ -175,10 +190,12 @@ def convert(value: object, annotation: Any) -> Any:
             try:
                 items.append(convert(v, args[0]) if args else v)
             except Mismatch as e:
-                raise Mismatch(e.expected, f"[{i}]{e.at}", v if not e.at else e.value) from None
+                at, inner = f"[{i}]{e.at}", e.value if e.at else v
+                raise Mismatch(e.expected, hint=e.hint, at=at, value=inner) from None
         return tuple(items) if origin is tuple else items
     if annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # inf and nan are numbers to TOML, but no interval, bound or window can be one.
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
     elif annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -260,8 +277,9 @@ def injected_names(target: type) -> set[str]:
 
 
 def _doc(annotation: Any) -> str:
+    """The last string in Annotated: nested Annotated types flatten, and the outermost doc wins."""
     if get_origin(annotation) is Annotated:
-        return next((m for m in get_args(annotation)[1:] if isinstance(m, str)), "")
+        return next((m for m in reversed(get_args(annotation)[1:]) if isinstance(m, str)), "")
     return ""
 
 
@@ -273,8 +291,8 @@ class Problem:
     message: str
 
     @classmethod
-    def expected(cls, path: str, expected: str, value: object) -> Problem:
-        return cls(path, f"expected {expected}, got {found(value)}")
+    def expected(cls, path: str, expected: str, value: object, hint: str = "") -> Problem:
+        return cls(path, f"expected {expected}, got {found(value)}{hint}")
 
 
 def bind(
@@ -304,14 +322,14 @@ def bind(
             if not nested_problems:
                 try:
                     kwargs[key] = table_type(**nested)
-                except ValueError as e:
-                    problems.append(Problem(_join(path, key), str(e)))
+                except Invalid as e:
+                    problems.append(Problem(_join(_join(path, key), e.key), str(e)))
             continue
         try:
             kwargs[key] = convert(value, param.annotation)
         except Mismatch as e:
             shown = e.value if e.at else value
-            problems.append(Problem.expected(_join(path, key) + e.at, e.expected, shown))
+            problems.append(Problem.expected(_join(path, key) + e.at, e.expected, shown, e.hint))
     for param in params:
         if param.required and param.name not in table:
             problems.append(

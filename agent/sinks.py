@@ -125,20 +125,20 @@ class Console(Sink, name="console"):
     def write(self, record: Record) -> None:
         out = self.stream or sys.stdout
         if isinstance(record, Aggregate):
-            stamp = time.strftime("%H:%M:%S", time.localtime(record.end))
+            span = f"{_clock(record.start)}-{_clock(record.end)}"
             stats = "  ".join(f"{k}={_fmt(v)}" for k, v in record.stats.items())
-            flag = "  (partial)" if record.partial else ""
-            print(
-                f"{stamp}  {record.sensor:<16} #{record.seq:<4} {stats} {record.unit}{flag}",
-                file=out,
-            )
+            tail = " ".join(filter(None, [record.unit, "(partial)" if record.partial else ""]))
+            line = f"{span}  {record.sensor:<12} #{record.seq:<4} {stats}  {tail}"
         elif self.readings:
-            stamp = time.strftime("%H:%M:%S", time.localtime(record.ts))
-            print(
-                f"{stamp}  {record.sensor:<16} event value={_fmt(record.value)} {record.unit}",
-                file=out,
-            )
-        out.flush()
+            value = f"{_fmt(record.value)} {record.unit}"
+            line = f"{_clock(record.ts):<17}  {record.sensor:<12} event {value}"
+        else:
+            return
+        print(line.rstrip(), file=out, flush=True)
+
+
+def _clock(ts: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts))
 
 
 def _fmt(value: float) -> str:

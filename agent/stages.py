@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from agent.pipeline import Stage
 from agent.records import Reading
-from agent.schema import Bounds, Count, NonNegative, Positive
+from agent.schema import Bounds, Count, Invalid, NonNegative, Positive
 
 
 class Calibrate(Stage, name="calibrate"):
@@ -31,12 +31,12 @@ class Calibrate(Stage, name="calibrate"):
     ) -> None:
         if points is not None:
             if offset != 0.0 or scale != 1.0:
-                raise ValueError("give either points or offset/scale, not both")
+                raise Invalid("points", "give either points or offset/scale, not both")
             if len(points) != 2 or any(len(p) != 2 for p in points):
-                raise ValueError("points takes exactly two [raw, true] pairs")
+                raise Invalid("points", "expected exactly two [raw, true] pairs")
             (raw1, true1), (raw2, true2) = points
             if raw1 == raw2:
-                raise ValueError("the two points need different raw values")
+                raise Invalid("points", "the two points need different raw values")
             scale = (true2 - true1) / (raw2 - raw1)
             offset = true1 - scale * raw1
         self.offset = offset
@@ -62,9 +62,9 @@ class Range(Stage, name="range"):
         mode: Literal["drop", "clamp"] = "drop",
     ) -> None:
         if min is None and max is None:
-            raise ValueError("give min, max or both")
+            raise Invalid("min", "give min, max or both")
         if min is not None and max is not None and min > max:
-            raise ValueError(f"min ({min}) is above max ({max})")
+            raise Invalid("min", f"min ({min:g}) is above max ({max:g})")
         self.low = -float("inf") if min is None else min
         self.high = float("inf") if max is None else max
         self.mode = mode

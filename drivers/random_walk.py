@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.schema import NonNegative
+from agent.schema import Invalid, NonNegative
 from drivers.base import Channel
 from drivers.simulated import Signal
 
@@ -24,7 +24,7 @@ class RandomWalk(Signal, name="random_walk"):
     ) -> None:
         super().__init__(**faults)
         if low > high:
-            raise ValueError(f"low ({low}) is above high ({high})")
+            raise Invalid("low", f"low ({low:g}) is above high ({high:g})")
         self.value, self.step, self.low, self.high = start, step, low, high
         self.channels = (Channel("value", unit),)
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import math
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agent.schema import Positive
+from agent.schema import Invalid, Positive
 from drivers.base import Channel, Sample
 from drivers.simulated import Simulated
 
@@ -31,13 +32,12 @@ class Replay(Simulated, name="replay"):
     ) -> None:
         super().__init__(**faults)
         if path.suffix not in (".csv", ".jsonl"):
-            raise ValueError(f"expected a .csv or .jsonl file, got {path.name!r}")
+            raise Invalid("path", f'expected a .csv or .jsonl file, got "{path.name}"')
         if not path.is_file():
-            raise ValueError(f"no such file: {path}")
+            raise Invalid("path", f'expected an existing file, got "{path}" (not found)')
         self.path, self.value_key, self.time_key = path, value, time
         self.speed, self.loop = speed, loop
         self.channels = (Channel("value", unit),)
-        self.bad_rows = 0
 
     def rows(self) -> Iterator[dict[str, Any]]:
         with self.path.open(newline="") as f:
@@ -49,6 +49,7 @@ class Replay(Simulated, name="replay"):
                         yield json.loads(line)
 
     def parse(self, row: dict[str, Any]) -> tuple[float, float] | None:
+        """The row's timestamp and value, or None for a row that has no valid pair."""
         try:
             stamp = row[self.time_key]
             if isinstance(stamp, str):
@@ -58,7 +59,6 @@ class Replay(Simulated, name="replay"):
                     stamp = datetime.fromisoformat(stamp).timestamp()
             return float(stamp), float(row[self.value_key])
         except (KeyError, TypeError, ValueError):
-            self.bad_rows += 1
             return None
 
     async def stream(self) -> AsyncIterator[Sample]:
@@ -67,6 +67,7 @@ class Replay(Simulated, name="replay"):
             for row in self.rows():
                 parsed = self.parse(row)
                 if parsed is None:
+                    yield math.nan  # the agent counts it as an invalid value, logged once per burst
                     continue
                 stamp, value = parsed
                 if previous is not None and stamp > previous:

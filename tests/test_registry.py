@@ -1,0 +1,137 @@
+"""Drivers and stages register by subclassing, and a broken contract fails at definition."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Iterator
+
+import pytest
+
+from agent.pipeline import Stage
+from agent.records import Reading
+from agent.registry import UnknownComponent
+from drivers import Driver, Sample
+
+
+def test_a_named_subclass_registers_itself() -> None:
+    class Doubler(Stage, name="test_doubler"):
+        """Double each value."""
+
+        __slots__ = ()
+
+        def transform(self, readings: Iterable[Reading]) -> Iterator[Reading]:
+            for r in readings:
+                r.value *= 2
+                yield r
+
+    assert Stage.registry.get("test_doubler") is Doubler
+    assert "test_doubler" in Stage.registry.names()
+
+
+def test_stage_without_transform_fails_when_defined() -> None:
+    with pytest.raises(TypeError, match=r"NoTransform: a stage needs a transform\(self, readings\)"):
+
+        class NoTransform(Stage, name="test_no_transform"):
+            __slots__ = ()
+
+
+def test_stage_whose_transform_is_not_a_generator_fails_when_defined() -> None:
+    with pytest.raises(TypeError, match=r"ListStage: transform\(\) must be a generator function"):
+
+        class ListStage(Stage, name="test_list_stage"):
+            __slots__ = ()
+
+            def transform(self, readings: Iterable[Reading]) -> list[Reading]:  # type: ignore[override]
+                return list(readings)
+
+
+def test_stage_without_slots_fails_when_defined() -> None:
+    with pytest.raises(TypeError, match="Loose: a stage keeps fixed-size state; declare __slots__"):
+
+        class Loose(Stage, name="test_loose"):
+            def transform(self, readings: Iterable[Reading]) -> Iterator[Reading]:
+                yield from readings
+
+
+def test_duplicate_name_fails_when_defined() -> None:
+    with pytest.raises(TypeError, match="Again: stage name 'calibrate' is already taken by agent.stages.Calibrate"):
+
+        class Again(Stage, name="calibrate"):
+            __slots__ = ()
+
+            def transform(self, readings: Iterable[Reading]) -> Iterator[Reading]:
+                yield from readings
+
+
+def test_driver_without_a_read_method_fails_when_defined() -> None:
+    with pytest.raises(TypeError, match="Mute: a driver needs exactly one of an async def read"):
+
+        class Mute(Driver, name="test_mute"):
+            pass
+
+
+def test_driver_with_a_sync_read_fails_when_defined() -> None:
+    with pytest.raises(TypeError, match="SyncRead: read must be an async def read"):
+
+        class SyncRead(Driver, name="test_sync_read"):
+            def read(self) -> Sample:  # type: ignore[override]
+                return 1.0
+
+
+def test_driver_with_two_modes_fails_when_defined() -> None:
+    with pytest.raises(TypeError, match=r"Both: .*\(it has read and stream\)"):
+
+        class Both(Driver, name="test_both"):
+            async def read(self) -> Sample:
+                return 1.0
+
+            async def stream(self) -> AsyncIterator[Sample]:
+                yield 1.0
+
+
+def test_driver_modes_are_derived_from_the_method_defined() -> None:
+    class Polled(Driver, name="test_polled"):
+        async def read(self) -> Sample:
+            return 1.0
+
+    class Blocking(Driver, name="test_blocking"):
+        def read_blocking(self) -> Sample:
+            return 1.0
+
+    class Pushed(Driver, name="test_pushed"):
+        async def stream(self) -> AsyncIterator[Sample]:
+            yield 1.0
+
+    assert (Polled.mode, Blocking.mode, Pushed.mode) == ("poll", "blocking", "push")
+
+
+def test_abstract_bases_without_a_name_are_not_checked_or_registered() -> None:
+    class Base(Driver):
+        pass
+
+    assert Base not in list(Driver.registry)
+
+
+def test_unreadable_annotations_fail_when_defined() -> None:
+    with pytest.raises(TypeError, match="Odd: its parameters cannot be read"):
+
+        class Odd(Driver, name="test_odd"):
+            def __init__(self, *, x: "NoSuchType" = 1) -> None:  # type: ignore[name-defined]  # noqa: F821
+                pass
+
+            async def read(self) -> Sample:
+                return 1.0
+
+
+def test_lookup_by_module_and_class() -> None:
+    from drivers.sine import Sine
+
+    assert Driver.registry.get("drivers.sine:Sine") is Sine
+    with pytest.raises(UnknownComponent, match="is not a driver class"):
+        Driver.registry.get("agent.stages:Calibrate")
+    with pytest.raises(UnknownComponent, match="cannot load driver 'nosuch.module:X'"):
+        Driver.registry.get("nosuch.module:X")
+
+
+def test_unknown_name_suggests_the_closest() -> None:
+    with pytest.raises(UnknownComponent, match="unknown driver 'sinus'; did you mean \"sine\""):
+        Driver.registry.get("sinus")
