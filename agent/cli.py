@@ -99,6 +99,9 @@ def _describe(name: str | None) -> int:
         ("stages", Stage.registry),
         ("sinks", Sink.registry),
     ]
+    for _, registry in kinds:
+        for failure in registry.discover():
+            print(f"edge-agent: cannot load {failure}", file=sys.stderr)
     if name is not None:
         for _, registry in kinds:
             try:
@@ -110,7 +113,7 @@ def _describe(name: str | None) -> int:
 
         every = [n for _, registry in kinds for n in registry.names()]
         print(
-            f"edge-agent: no driver, stage or sink named {name!r}{suggest(name, every)}",
+            f'edge-agent: no driver, stage or sink named "{name}"{suggest(name, every)}',
             file=sys.stderr,
         )
         return EXIT_CONFIG

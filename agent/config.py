@@ -59,10 +59,10 @@ class Breaker:
     max_cooldown: Annotated[Positive, "cap on the growing cool-down"] = 60.0
 
     def __post_init__(self) -> None:
-        if self.max_cooldown < self.cooldown:
+        if self.cooldown > self.max_cooldown:
             raise Invalid(
-                "max_cooldown",
-                f"expected a number ≥ cooldown ({self.cooldown:g}), got {self.max_cooldown:g}",
+                "cooldown",
+                f"expected a number ≤ max_cooldown ({self.max_cooldown:g}), got {self.cooldown:g}",
             )
 
 
@@ -83,12 +83,12 @@ class Window:
 
     def __post_init__(self) -> None:
         if not self.stats:
-            raise Invalid(
-                "stats", f"expected at least one of {', '.join(STATS)}, got an empty list"
-            )
-        twice = sorted({s for s in self.stats if self.stats.count(s) > 1})
-        if twice:
-            raise Invalid("stats", f"expected each statistic once, got {', '.join(twice)} twice")
+            choices = ", ".join(f'"{s}"' for s in STATS)
+            raise Invalid("stats", f"expected at least one of {choices}, got an empty list")
+        repeated = sorted({s for s in self.stats if self.stats.count(s) > 1})
+        if repeated:
+            times = ", ".join(f'"{s}" {self.stats.count(s)} times' for s in repeated)
+            raise Invalid("stats", f"expected each statistic once, got {times}")
 
 
 @dataclass(frozen=True)
@@ -284,7 +284,7 @@ def _builds(spec: Spec[Any], path: str, problems: list[Problem]) -> bool:
     try:
         spec.build()
     except Invalid as e:
-        problems.append(Problem(f"{path}.{e.key}", str(e)))
+        problems.append(Problem(f"{path}.{e.key}" if e.key else path, str(e)))
         return False
     except (ValueError, TypeError) as e:
         problems.append(Problem(path, str(e)))

@@ -46,6 +46,21 @@ class Registry(Generic[C]):
     def names(self) -> list[str]:
         return sorted(self._classes)
 
+    def discover(self) -> list[str]:
+        """Load every class installed packages register under the entry point group.
+
+        Returns one line per entry point that failed to load, so `describe` can say so.
+        """
+        failures = []
+        for ep in entry_points(group=self.group):
+            if ep.name not in self._classes:
+                try:
+                    self._checked(ep.load(), ep.name)
+                except Exception as e:
+                    why = f"{type(e).__name__}: {e}"
+                    failures.append(f'{self.kind} "{ep.name}" ({ep.value}): {why}')
+        return failures
+
     def get(self, name: str) -> type[C]:
         """The class registered as `name`, from an entry point, or named as "module:Class"."""
         if name in self._classes:

@@ -62,7 +62,7 @@ class Range(Stage, name="range"):
         mode: Literal["drop", "clamp"] = "drop",
     ) -> None:
         if min is None and max is None:
-            raise Invalid("min", "give min, max or both")
+            raise Invalid("", "expected min, max or both, got neither")
         if min is not None and max is not None and min > max:
             raise Invalid("min", f"min ({min:g}) is above max ({max:g})")
         self.low = -float("inf") if min is None else min

@@ -32,9 +32,10 @@ class Replay(Simulated, name="replay"):
     ) -> None:
         super().__init__(**faults)
         if path.suffix not in (".csv", ".jsonl"):
-            raise Invalid("path", f'expected a .csv or .jsonl file, got "{path.name}"')
+            raise Invalid("path", f'expected a .csv or .jsonl file, got "{path}"')
         if not path.is_file():
-            raise Invalid("path", f'expected an existing file, got "{path}" (not found)')
+            where = "not found" if path.is_absolute() else f"not found at {path.absolute()}"
+            raise Invalid("path", f'expected an existing file, got "{path}" ({where})')
         self.path, self.value_key, self.time_key = path, value, time
         self.speed, self.loop = speed, loop
         self.channels = (Channel("value", unit),)

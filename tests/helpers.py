@@ -11,7 +11,9 @@ from agent.records import Reading
 SENSOR = sys.intern("test")
 
 
-def readings(values: Iterable[float], *, start: float = 0.0, step: float = 1.0) -> Iterator[Reading]:
+def readings(
+    values: Iterable[float], *, start: float = 0.0, step: float = 1.0
+) -> Iterator[Reading]:
     """Readings of `values`, one every `step` seconds from `start`."""
     for i, value in enumerate(values):
         yield Reading(SENSOR, start + i * step, float(value), "u")

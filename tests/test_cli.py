@@ -18,7 +18,7 @@ from agent.clock import SYSTEM_CLOCK, Clock
 from agent.pipeline import Stage
 from agent.records import Reading
 from agent.registry import Registry
-from agent.schema import Bounds, Injected
+from agent.schema import Bounds, Injected, Rate
 from agent.sinks import Sink
 from drivers.base import Driver, Sample
 from drivers.simulated import Signal
@@ -65,8 +65,10 @@ BAD = (
     '[agent]\ndevice_id = "my dev"\n'
     '[[sensors]]\nname = "air"\ndriver = "sin"\n'
     '[[sensors]]\nname = "soil"\ndriver = "sine"\n'
-    'pipeline = [{ stage = "moving_average", size = "ten" }, { stage = "range", mode = "clamp" }]\n'
+    'pipeline = [{ stage = "moving_average", size = "ten" },'
+    ' { stage = "range", min = 2, max = 1 }]\n'
     'window = { seconds = 0, stats = ["mean", "max"] }\n'
+    "[agent.breaker]\ncooldown = 10\nmax_cooldown = 5\n"
 )
 
 
@@ -75,10 +77,11 @@ def bad_lines(path: Path) -> list[str]:
     return [
         f"{path}: agent.device_id: expected a string made of letters, digits, '_' and '-', "
         'got "my dev"',
-        f"{path}: sensors[0].driver: unknown driver 'sin'; did you mean \"sine\"?",
+        f"{path}: agent.breaker.cooldown: expected a number ≤ max_cooldown (5), got 10",
+        f'{path}: sensors[0].driver: unknown driver "sin"; did you mean "sine"?',
         f"{path}: sensors[1].window.seconds: expected a number > 0, got 0",
         f'{path}: sensors[1].pipeline[0].size: expected an integer ≥ 1, got "ten"',
-        f"{path}: sensors[1].pipeline[1]: give min, max or both",
+        f"{path}: sensors[1].pipeline[1].min: min (2) is above max (1)",
     ]
 
 
@@ -114,7 +117,7 @@ def test_check_a_valid_config_exits_0(tmp_path: Path) -> None:
     )
     result = cli("check", "-c", str(path), cwd=tmp_path)
     assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout == f"{path}: ok (2 sensors, 1 sinks)\n"
+    assert result.stdout == f"{path}: ok (2 sensors, 1 sink)\n"
 
 
 def test_check_the_shipped_config(tmp_path: Path) -> None:
@@ -162,11 +165,11 @@ def test_check_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     out, err = capsys.readouterr()
     assert out == ""
     assert err == (
-        f"{path}: sensors[0].pipeline[0].stage: unknown stage 'medain'; did you mean \"median\"?\n"
+        f'{path}: sensors[0].pipeline[0].stage: unknown stage "medain"; did you mean "median"?\n'
     )
     write(tmp_path, AGENT + SINE)
     assert main(["check", "-c", str(path)]) == 0
-    assert capsys.readouterr() == (f"{path}: ok (1 sensors, 0 sinks)\n", "")
+    assert capsys.readouterr() == (f"{path}: ok (1 sensor, 0 sinks)\n", "")
 
 
 # --- run refuses a bad config --------------------------------------------------------------
@@ -334,17 +337,33 @@ def test_describe_an_unknown_name_exits_2(
     assert main(["describe", name]) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert err == f"edge-agent: no driver, stage or sink named {name!r}{hint}\n"
+    assert err.startswith("edge-agent: no driver, stage or sink named ")
+    assert err.endswith(f'"{name}"{hint}\n')
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        pytest.param("sinee", '; did you mean "sine"?', id="suggested"),
+        pytest.param("nosuch", "", id="no-suggestion"),
+    ],
+)
+def test_describe_an_unknown_name_is_double_quoted(
+    name: str, hint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["describe", name]) == 2
+    assert capsys.readouterr().err == f'edge-agent: no driver, stage or sink named "{name}"{hint}\n'
 
 
 def test_describe_an_unknown_name_in_a_subprocess(tmp_path: Path) -> None:
     result = cli("describe", "movingaverage", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stdout == ""
-    assert result.stderr == (
-        "edge-agent: no driver, stage or sink named 'movingaverage'; "
-        'did you mean "moving_average"?\n'
-    )
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("edge-agent: no driver, stage or sink named ")
+    assert "movingaverage" in line
+    assert line.endswith('; did you mean "moving_average"?')
 
 
 def test_describe_is_derived_from_code_for_a_new_stage(capsys: pytest.CaptureFixture[str]) -> None:
@@ -423,15 +442,40 @@ def test_describe_is_derived_from_code_for_a_new_driver(
     assert Pushed.mode == "push"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Annotated[Rate, 'share of reads ...'] flattens into Rate's own metadata, so _doc "
-    "returns Rate's generic 'a probability per read' and the parameter's own doc is never shown",
-)
 def test_describe_shows_each_fault_parameters_own_doc(capsys: pytest.CaptureFixture[str]) -> None:
+    # Annotated[Rate, "share of reads ..."] flattens into Rate's own metadata, whose generic
+    # doc ("a probability per read") must not win over the parameter's.
     assert main(["describe", "sine"]) == 0
-    out = capsys.readouterr().out
-    assert (
-        "      dropouts (a number ≥ 0 and ≤ 1; default 0.0): share of reads that return nothing"
-        in out.splitlines()
-    )
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if "≥ 0 and ≤ 1" in line] == [
+        "      dropouts (a number ≥ 0 and ≤ 1; default 0.0): share of reads that return nothing",
+        "      spikes (a number ≥ 0 and ≤ 1; default 0.0): share of reads offset by spike_size",
+        "      errors (a number ≥ 0 and ≤ 1; default 0.0): share of reads that raise an error",
+        "      hangs (a number ≥ 0 and ≤ 1; default 0.0): share of reads that never return",
+    ]
+    assert "a probability per read" not in "\n".join(lines)
+
+
+def test_describe_shows_a_nested_alias_doc_only_without_an_own_doc(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    name = f"test_cli_gate_{uuid.uuid4().hex[:8]}"
+
+    class Gate(Stage, name=name):
+        """Pass a share of the values."""
+
+        __slots__ = ("keep", "skip")
+
+        def __init__(
+            self, *, keep: Annotated[Rate, "share of values kept"] = 1.0, skip: Rate = 0.0
+        ) -> None:
+            self.keep, self.skip = keep, skip
+
+        def transform(self, readings: Iterable[Reading]) -> Iterator[Reading]:
+            yield from readings
+
+    assert main(["describe", name]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "      keep (a number ≥ 0 and ≤ 1; default 1.0): share of values kept",
+        "      skip (a number ≥ 0 and ≤ 1; default 0.0): a probability per read",
+    ]

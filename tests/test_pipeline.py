@@ -53,7 +53,7 @@ def test_a_stage_gets_metered_without_writing_any_metering_code() -> None:
 
 def test_meters_add_up_across_batches() -> None:
     pipeline = Pipeline([Range(min=0, max=4)])
-    for chunk in (range(0, 3), range(3, 8)):
+    for chunk in (range(3), range(3, 8)):
         list(pipeline.feed(readings(chunk)))
     assert pipeline.received == 8
     assert pipeline.stats()[0]["passed"] == 5

@@ -14,9 +14,3 @@ def test_aggregate_is_slotted() -> None:
     aggregate = Aggregate("air", 0.0, 60.0, 3, {"mean": 1.0}, "°C", 1)
     assert not hasattr(aggregate, "__dict__")
     assert as_dict(aggregate)["seq"] == 1
-
-
-def test_readings_share_their_strings() -> None:
-    a = Reading(sys.intern("air" + "".join([])), 1.0, 1.0, sys.intern("°C"))
-    b = Reading(sys.intern("".join(["a", "ir"])), 2.0, 2.0, sys.intern("°C"))
-    assert a.sensor is b.sensor

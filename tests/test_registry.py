@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Iterable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -28,7 +30,9 @@ def test_a_named_subclass_registers_itself() -> None:
 
 
 def test_stage_without_transform_fails_when_defined() -> None:
-    with pytest.raises(TypeError, match=r"NoTransform: a stage needs a transform\(self, readings\)"):
+    with pytest.raises(
+        TypeError, match=r"NoTransform: a stage needs a transform\(self, readings\)"
+    ):
 
         class NoTransform(Stage, name="test_no_transform"):
             __slots__ = ()
@@ -53,7 +57,10 @@ def test_stage_without_slots_fails_when_defined() -> None:
 
 
 def test_duplicate_name_fails_when_defined() -> None:
-    with pytest.raises(TypeError, match="Again: stage name 'calibrate' is already taken by agent.stages.Calibrate"):
+    with pytest.raises(
+        TypeError,
+        match=re.escape("Again: stage name 'calibrate' is already taken by agent.stages.Calibrate"),
+    ):
 
         class Again(Stage, name="calibrate"):
             __slots__ = ()
@@ -115,7 +122,7 @@ def test_unreadable_annotations_fail_when_defined() -> None:
     with pytest.raises(TypeError, match="Odd: its parameters cannot be read"):
 
         class Odd(Driver, name="test_odd"):
-            def __init__(self, *, x: "NoSuchType" = 1) -> None:  # type: ignore[name-defined]  # noqa: F821
+            def __init__(self, *, x: NoSuchType = 1) -> None:  # type: ignore[name-defined]  # noqa: F821
                 pass
 
             async def read(self) -> Sample:
@@ -126,12 +133,75 @@ def test_lookup_by_module_and_class() -> None:
     from drivers.sine import Sine
 
     assert Driver.registry.get("drivers.sine:Sine") is Sine
-    with pytest.raises(UnknownComponent, match="is not a driver class"):
+    with pytest.raises(UnknownComponent) as caught:
         Driver.registry.get("agent.stages:Calibrate")
-    with pytest.raises(UnknownComponent, match="cannot load driver 'nosuch.module:X'"):
+    assert str(caught.value) == '"agent.stages:Calibrate" is not a driver class'
+    with pytest.raises(UnknownComponent) as caught:
         Driver.registry.get("nosuch.module:X")
+    assert str(caught.value) == (
+        "cannot load driver \"nosuch.module:X\": ModuleNotFoundError: No module named 'nosuch'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("reference", "message"),
+    [
+        pytest.param(
+            ":Sine", 'cannot load driver ":Sine": ValueError: Empty module name', id="no-module"
+        ),
+        pytest.param(
+            "drivers.sine:Cosine",
+            'cannot load driver "drivers.sine:Cosine": '
+            "AttributeError: module 'drivers.sine' has no attribute 'Cosine'",
+            id="no-class",
+        ),
+        pytest.param("math:pi", '"math:pi" is not a driver class', id="not-a-class"),
+    ],
+)
+def test_a_bad_reference_names_the_exception_type(reference: str, message: str) -> None:
+    with pytest.raises(UnknownComponent) as caught:
+        Driver.registry.get(reference)
+    assert str(caught.value) == message
 
 
 def test_unknown_name_suggests_the_closest() -> None:
-    with pytest.raises(UnknownComponent, match="unknown driver 'sinus'; did you mean \"sine\""):
+    with pytest.raises(UnknownComponent) as caught:
         Driver.registry.get("sinus")
+    assert str(caught.value) == 'unknown driver "sinus"; did you mean "sine"?'
+    with pytest.raises(UnknownComponent) as caught:
+        Stage.registry.get("zzz")
+    assert str(caught.value) == 'unknown stage "zzz"'
+
+
+def test_a_driver_from_an_installed_package_is_found_by_its_entry_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A real (if tiny) installed distribution: a package plus its dist-info on sys.path.
+    package = tmp_path / "ep_demo_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "from drivers import Driver\n\n"
+        "class Thermo(Driver, name='ep_thermo'):\n"
+        "    '''A thermometer from a third-party package.'''\n\n"
+        "    def __init__(self, *, bias: float = 0.0) -> None:\n"
+        "        self.bias = bias\n\n"
+        "    async def read(self) -> float:\n"
+        "        return 20.0 + self.bias\n"
+    )
+    info = tmp_path / "ep_demo_pkg-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-demo-pkg\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[edge_agent.drivers]\nep_thermo = ep_demo_pkg:Thermo\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    assert "ep_thermo" not in Driver.registry.names()  # not imported until asked for
+    with pytest.raises(UnknownComponent, match='did you mean "ep_thermo"'):
+        Driver.registry.get("ep_thermos")
+    cls = Driver.registry.get("ep_thermo")
+    assert cls.__module__ == "ep_demo_pkg"
+    assert [p.name for p in cls.params()] == ["bias"]
+
+    from agent.cli import main
+
+    assert main(["describe"]) == 0
+    assert "ep_thermo - A thermometer from a third-party package." in capsys.readouterr().out

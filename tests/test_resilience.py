@@ -30,7 +30,9 @@ def test_breaker_opens_after_n_consecutive_failures() -> None:
 
 def test_open_breaker_probes_once_after_a_cool_down_that_grows() -> None:
     clock = ManualClock()
-    breaker = CircuitBreaker(failures=1, cooldown=1.0, max_cooldown=4.0, clock=clock, rng=lambda: 1.0)
+    breaker = CircuitBreaker(
+        failures=1, cooldown=1.0, max_cooldown=4.0, clock=clock, rng=lambda: 1.0
+    )
     breaker.failure()
     cooldowns = []
     for _ in range(4):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 
 from agent.config import Config, parse
 from agent.daemon import Agent
+from agent.pipeline import Stage
 from agent.queues import DropOldestQueue
 from agent.records import Aggregate, Reading
 from agent.sinks import Sink
@@ -101,7 +103,7 @@ async def test_polled_readings_sit_on_the_interval_grid_without_gaps() -> None:
     got = sink.readings("c")
     assert len(got) >= 6
     assert [r.value for r in got] == list(range(len(got)))
-    for before, after in zip(got, got[1:], strict=False):
+    for before, after in itertools.pairwise(got):
         assert after.ts - before.ts == pytest.approx(0.05, abs=1e-6)
     assert all(abs(r.ts / 0.05 - round(r.ts / 0.05)) < 1e-3 for r in got)
 
@@ -225,9 +227,7 @@ def test_the_queue_drops_the_oldest_and_counts_it() -> None:
 
 
 async def test_a_full_queue_drops_oldest_readings_in_the_running_agent() -> None:
-    cfg = config(
-        [{"name": "c", "driver": "counter", "interval": 0.001}], queue_size=1
-    )
+    cfg = config([{"name": "c", "driver": "counter", "interval": 0.001}], queue_size=1)
     sink = Collect()
     agent = Agent(cfg, sinks=[sink])
     # Stall the consumer: readings pile up in a queue of one.
@@ -243,3 +243,36 @@ async def test_the_agent_always_stops_promptly() -> None:
     for _ in range(30):
         agent = Agent(cfg, sinks=[Collect()])
         await asyncio.wait_for(agent.run(duration=0.03), 2.0)
+
+
+class Explode(Stage, name="test_explode"):
+    """Raise on one value: a bug in a third-party stage."""
+
+    __slots__ = ()
+
+    def transform(self, readings: Iterable[Reading]) -> Iterator[Reading]:
+        for reading in readings:
+            if reading.value == 3:
+                raise ZeroDivisionError("bad stage")
+            yield reading
+
+
+async def test_a_failing_stage_costs_its_batch_not_the_agent() -> None:
+    cfg = config(
+        [
+            {
+                "name": "bad",
+                "driver": "counter",
+                "interval": 0.02,
+                "pipeline": [{"stage": "test_explode"}],
+            },
+            {"name": "ok", "driver": "counter", "interval": 0.02},
+        ]
+    )
+    agent, sink = await run_agent(cfg, 0.5)
+    assert agent.stage_errors == 1
+    bad = [r.value for r in sink.readings("bad")]
+    assert 3.0 not in bad
+    assert max(bad) > 5  # it went on after the failure
+    ok = sink.readings("ok")
+    assert [r.value for r in ok] == list(range(len(ok)))

@@ -12,8 +12,8 @@ from agent.stages import (
     Calibrate,
     Delta,
     ExponentialMovingAverage,
-    MovingAverage,
     Median,
+    MovingAverage,
     Range,
     Throttle,
 )
@@ -124,7 +124,7 @@ def test_stage_state_survives_between_batches(stage: object) -> None:
     split_stage = type(stage)(**_args(stage))  # type: ignore[call-arg]
     split = [
         r.value
-        for chunk in (range(0, 17), range(17, 30), range(30, 50))
+        for chunk in (range(17), range(17, 30), range(30, 50))
         for r in split_stage.transform(readings(chunk, start=chunk.start))  # type: ignore[attr-defined]
     ]
     assert split == whole
