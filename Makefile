@@ -23,8 +23,8 @@ demo: $(STAMP)
 test: $(STAMP) lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check agent drivers tests bench
-	$(BIN)/ruff format --check agent drivers tests bench
+	$(BIN)/ruff check agent drivers tests
+	$(BIN)/ruff format --check agent drivers tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
