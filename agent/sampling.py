@@ -69,13 +69,14 @@ class BlockingCaller:
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
             fn, future = job
-            loop = future.get_loop()
             try:
-                result = fn()
+                outcome: tuple[Any, BaseException | None] = (fn(), None)
             except BaseException as e:  # handed to the awaiting task, not lost in the thread
-                loop.call_soon_threadsafe(_settle, future, None, e)
-            else:
-                loop.call_soon_threadsafe(_settle, future, result, None)
+                outcome = (None, e)
+            try:
+                future.get_loop().call_soon_threadsafe(_settle, future, *outcome)
+            except RuntimeError:
+                return  # the loop is closed: the agent stopped while this read hung
 
     def stop(self) -> None:
         self._jobs.put(None)
