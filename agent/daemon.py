@@ -33,11 +33,12 @@ _log = log.get("agent")
 class Route:
     """Where one channel's readings go: its own pipeline, then its window (or straight out)."""
 
-    __slots__ = ("pipeline", "window")
+    __slots__ = ("failures", "pipeline", "window")
 
     def __init__(self, pipeline: Pipeline, window: TumblingWindow | None) -> None:
         self.pipeline = pipeline
         self.window = window
+        self.failures = log.Burst()  # of its stages, logged once per burst
 
 
 class Agent:
@@ -52,8 +53,7 @@ class Agent:
         self.runners: list[SensorRunner] = []
         self.sink_errors = 0
         self.stage_errors = 0
-        self._sink_failures = log.Burst()
-        self._stage_failures = log.Burst()
+        self._sink_failures = [log.Burst() for _ in self.sinks]
         self._stopping = False
         started = clock.time()
         breaker = config.agent.breaker
@@ -155,25 +155,23 @@ class Agent:
                         self._emit(aggregate)
             except Exception as e:  # a faulty stage costs its channel this batch, nothing more
                 self.stage_errors += 1
-                if self._stage_failures.fail():
+                if route.failures.fail():
                     _log.error("stage_failed", channel=channel, error=f"{type(e).__name__}: {e}")
             else:
-                if self._stage_failures.failures:
-                    _log.info(
-                        "stage_recovered", channel=channel, failures=self._stage_failures.end()
-                    )
+                if route.failures.failures:
+                    _log.info("stage_recovered", channel=channel, failures=route.failures.end())
 
     def _emit(self, record: Reading | Aggregate) -> None:
-        for sink in self.sinks:
+        for sink, failures in zip(self.sinks, self._sink_failures, strict=True):
             try:
                 sink.write(record)
             except Exception as e:  # a full disk must not stop the other sinks or the sensors
                 self.sink_errors += 1
-                if self._sink_failures.fail():
+                if failures.fail():
                     _log.error("sink_failed", sink=sink.name, error=f"{type(e).__name__}: {e}")
             else:
-                if self._sink_failures.failures:
-                    _log.info("sink_recovered", failures=self._sink_failures.end())
+                if failures.failures:
+                    _log.info("sink_recovered", sink=sink.name, failures=failures.end())
 
     def _log_counters(self) -> None:
         for runner in self.runners:

@@ -35,7 +35,7 @@ class Registry(Generic[C]):
         taken = self._classes.get(name)
         if taken is not None and taken is not cls:
             raise TypeError(
-                f"{cls.__qualname__}: {self.kind} name {name!r} is already taken by "
+                f'{cls.__qualname__}: {self.kind} name "{name}" is already taken by '
                 f"{taken.__module__}.{taken.__qualname__}"
             )
         self._classes[name] = cls
@@ -68,7 +68,12 @@ class Registry(Generic[C]):
         if ":" in name:
             return self._import(name)
         for ep in entry_points(group=self.group, name=name):
-            return self._checked(ep.load(), name)
+            try:
+                loaded = ep.load()
+            except Exception as e:  # the package's own import failed: a config problem, not a crash
+                why = f"{ep.value}): {type(e).__name__}: {e}"
+                raise UnknownComponent(f'cannot load {self.kind} "{name}" ({why}') from None
+            return self._checked(loaded, name)
         known = sorted({*self._classes, *(ep.name for ep in entry_points(group=self.group))})
         raise UnknownComponent(f'unknown {self.kind} "{name}"{suggest(name, known)}')
 

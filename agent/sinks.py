@@ -82,13 +82,14 @@ class JsonLines(Sink, name="jsonl"):
         if isinstance(record, Reading) and not self.readings:
             return
         assert self.file is not None, "write() outside `with sink:`"
-        line = json.dumps(as_dict(record), separators=(",", ":")) + "\n"
-        if self.size and self.size + len(line) > self.max_bytes:
+        line = json.dumps(as_dict(record), separators=(",", ":"), ensure_ascii=False) + "\n"
+        size = len(line.encode())
+        if self.size and self.size + size > self.max_bytes:
             self._rotate()
             assert self.file is not None
         self.file.write(line)
         self.file.flush()  # a line per window: cheap, and a crash loses no closed window
-        self.size += len(line.encode())
+        self.size += size
 
     def _rotate(self) -> None:
         assert self.file is not None

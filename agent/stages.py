@@ -31,7 +31,7 @@ class Calibrate(Stage, name="calibrate"):
     ) -> None:
         if points is not None:
             if offset != 0.0 or scale != 1.0:
-                raise Invalid("points", "give either points or offset/scale, not both")
+                raise Invalid("points", "expected either points or offset/scale, got both")
             if len(points) != 2 or any(len(p) != 2 for p in points):
                 raise Invalid("points", "expected exactly two [raw, true] pairs")
             (raw1, true1), (raw2, true2) = points
@@ -64,7 +64,7 @@ class Range(Stage, name="range"):
         if min is None and max is None:
             raise Invalid("", "expected min, max or both, got neither")
         if min is not None and max is not None and min > max:
-            raise Invalid("min", f"min ({min:g}) is above max ({max:g})")
+            raise Invalid("min", f"expected min ≤ max, got min = {min:g}, max = {max:g}")
         self.low = -float("inf") if min is None else min
         self.high = float("inf") if max is None else max
         self.mode = mode

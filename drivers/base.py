@@ -75,7 +75,7 @@ class Driver(Component):
         `edge-agent check` builds every driver without touching hardware."""
 
     async def close(self) -> None:
-        """Release the device; called once when the agent stops."""
+        """Release the device; called once, when the agent stops or the driver's stream ends."""
 
     async def __aenter__(self) -> Driver:
         await self.open()

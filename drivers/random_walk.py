@@ -24,7 +24,7 @@ class RandomWalk(Signal, name="random_walk"):
     ) -> None:
         super().__init__(**faults)
         if low > high:
-            raise Invalid("low", f"low ({low:g}) is above high ({high:g})")
+            raise Invalid("low", f"expected low ≤ high, got low = {low:g}, high = {high:g}")
         self.value, self.step, self.low, self.high = start, step, low, high
         self.channels = (Channel("value", unit),)
 

@@ -81,7 +81,7 @@ def bad_lines(path: Path) -> list[str]:
         f'{path}: sensors[0].driver: unknown driver "sin"; did you mean "sine"?',
         f"{path}: sensors[1].window.seconds: expected a number > 0, got 0",
         f'{path}: sensors[1].pipeline[0].size: expected an integer ≥ 1, got "ten"',
-        f"{path}: sensors[1].pipeline[1].min: min (2) is above max (1)",
+        f"{path}: sensors[1].pipeline[1].min: expected min ≤ max, got min = 2, max = 1",
     ]
 
 

@@ -415,7 +415,7 @@ CASES = [
     ),
     pytest.param(
         toml(AGENT, '[[sensors]]\nname = "air"\ndriver = "random_walk"\nlow = 10\nhigh = 0.5'),
-        ["sensors[0].low: low (10) is above high (0.5)"],
+        ["sensors[0].low: expected low ≤ high, got low = 10, high = 0.5"],
         id="driver-constructor-error-bounds",
     ),
     # stages
@@ -483,7 +483,7 @@ CASES = [
             SINE,
             'pipeline = [{ stage = "calibrate", offset = 1, points = [[0, 0], [1, 2]] }]',
         ),
-        ["sensors[0].pipeline[0].points: give either points or offset/scale, not both"],
+        ["sensors[0].pipeline[0].points: expected either points or offset/scale, got both"],
         id="calibrate-points-and-offset",
     ),
     pytest.param(
@@ -515,7 +515,7 @@ CASES = [
     ),
     pytest.param(
         toml(AGENT, SINE, 'pipeline = [{ stage = "range", min = 2.5, max = 1 }]'),
-        ["sensors[0].pipeline[0].min: min (2.5) is above max (1)"],
+        ["sensors[0].pipeline[0].min: expected min ≤ max, got min = 2.5, max = 1"],
         id="range-min-above-max",
     ),
     pytest.param(

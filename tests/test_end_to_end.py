@@ -122,7 +122,9 @@ def test_sigterm_closes_open_windows_as_partial(run: tuple[Path, str]) -> None:
     for sensor in ("walk", "ticks"):
         aggregates = records(tmp_path, sensor)
         assert aggregates[-1]["partial"]  # the window open at SIGTERM, flushed
-        assert aggregates[0]["partial"]  # the window the agent started in the middle of
+        # The first window is partial when the agent started in its middle, and only then.
+        first = aggregates[0]
+        assert first["partial"] == (first["count"] < 10)
 
 
 def test_a_faulty_sensor_is_counted_and_logged_not_fatal(run: tuple[Path, str]) -> None:

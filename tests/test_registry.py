@@ -59,7 +59,7 @@ def test_stage_without_slots_fails_when_defined() -> None:
 def test_duplicate_name_fails_when_defined() -> None:
     with pytest.raises(
         TypeError,
-        match=re.escape("Again: stage name 'calibrate' is already taken by agent.stages.Calibrate"),
+        match=re.escape('Again: stage name "calibrate" is already taken by agent.stages.Calibrate'),
     ):
 
         class Again(Stage, name="calibrate"):
@@ -205,3 +205,20 @@ def test_a_driver_from_an_installed_package_is_found_by_its_entry_point(
 
     assert main(["describe"]) == 0
     assert "ep_thermo - A thermometer from a third-party package." in capsys.readouterr().out
+
+
+def test_an_entry_point_whose_module_fails_to_import_is_a_lookup_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the import error escaped, and `check` crashed with a traceback."""
+    (tmp_path / "ep_broken_pkg.py").write_text("raise RuntimeError('needs hardware')\n")
+    info = tmp_path / "ep_broken_pkg-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-broken-pkg\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[edge_agent.drivers]\nep_broken = ep_broken_pkg:X\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UnknownComponent) as caught:
+        Driver.registry.get("ep_broken")
+    assert str(caught.value) == (
+        'cannot load driver "ep_broken" (ep_broken_pkg:X): RuntimeError: needs hardware'
+    )

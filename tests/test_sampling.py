@@ -297,3 +297,33 @@ def test_a_blocking_read_returning_after_the_agent_stopped_is_harmless(
     worker.join(5)
     assert not worker.is_alive()
     assert errors == []
+
+
+async def test_a_failing_stage_is_logged_once_per_burst_per_channel(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Regression: one shared burst counter made a healthy channel end another's burst."""
+    cfg = config(
+        [
+            {
+                "name": "bad",
+                "driver": "constant_three",
+                "interval": 0.01,
+                "pipeline": [{"stage": "test_explode"}],
+            },
+            {"name": "ok", "driver": "counter", "interval": 0.01},
+        ]
+    )
+    with caplog.at_level("INFO", logger="agent"):
+        agent, _ = await run_agent(cfg, 0.4)
+    assert agent.stage_errors >= 10
+    events = [(r.getMessage(), r.fields.get("channel")) for r in caplog.records]  # type: ignore[attr-defined]
+    assert events.count(("stage_failed", "bad")) == 1
+    assert ("stage_recovered", "ok") not in events
+
+
+class ConstantThree(Driver, name="constant_three"):
+    """Always 3: the value test_explode cannot take."""
+
+    async def read(self) -> Sample:
+        return 3.0

@@ -64,7 +64,7 @@ def test_range_with_one_bound() -> None:
     assert values(Range(max=1), [-100, 0, 2]) == [-100, 0]
     with pytest.raises(ValueError, match="min, max or both"):
         Range()
-    with pytest.raises(ValueError, match="above max"):
+    with pytest.raises(ValueError, match="expected min ≤ max"):
         Range(min=2, max=1)
 
 
