@@ -18,6 +18,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from agent.pipeline import Stage
 from agent.registry import Component, Registry, UnknownComponent
 from agent.schema import (
+    Bounds,
     Count,
     Invalid,
     Match,
@@ -77,7 +78,7 @@ class AgentSettings:
 
 @dataclass(frozen=True)
 class Window:
-    seconds: Positive
+    seconds: Annotated[float, Bounds(ge=0.001)]
     stats: tuple[Stat, ...] = ("count", "mean", "min", "max")
     grace: Annotated[NonNegative, "seconds a window stays open for late readings"] = 0.5
 
@@ -94,7 +95,7 @@ class Window:
 @dataclass(frozen=True)
 class SensorSettings:
     name: Name
-    interval: Annotated[Positive, "seconds between polls"] = 1.0
+    interval: Annotated[float, Bounds(ge=0.001), "seconds between polls"] = 1.0
     timeout: Annotated[Positive | None, "seconds a read may take (default: the interval)"] = None
     window: Window | None = None
 
@@ -286,7 +287,7 @@ def _builds(spec: Spec[Any], path: str, problems: list[Problem]) -> bool:
     except Invalid as e:
         problems.append(Problem(f"{path}.{e.key}" if e.key else path, str(e)))
         return False
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, ArithmeticError) as e:
         problems.append(Problem(path, str(e)))
         return False
     return True

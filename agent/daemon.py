@@ -191,7 +191,7 @@ class Agent:
                     passed=stats["passed"],
                     dropped=stats["dropped"],
                     ms=round(stats["seconds"] * 1000, 3),
-                    **stats["counters"],
+                    counters=stats["counters"],
                 )
             if route.window is not None:
                 _log.info(

@@ -114,13 +114,20 @@ class Pipeline:
         return result
 
 
+_END = object()
+
+
 def _metered(stage_output: Iterator[Reading], meter: Meter) -> Iterator[Reading]:
     clock = time.perf_counter_ns
     while True:
         started = clock()
-        reading = next(stage_output, None)
-        meter.ns += clock() - started
-        if reading is None:
+        try:
+            reading = next(stage_output, _END)
+        finally:  # also when the stage raised: stats() subtracts this time downstream
+            meter.ns += clock() - started
+        if reading is _END:
             return
+        if not isinstance(reading, Reading):
+            raise TypeError(f"stage {meter.stage.name} yielded {reading!r}, not a Reading")
         meter.passed += 1
         yield reading

@@ -29,7 +29,16 @@ _log = log.get("agent.sensor")
 
 
 class SensorStats:
-    __slots__ = ("empty", "errors", "invalid", "overruns", "readings", "skipped", "timeouts")
+    __slots__ = (
+        "crashes",
+        "empty",
+        "errors",
+        "invalid",
+        "overruns",
+        "readings",
+        "skipped",
+        "timeouts",
+    )
 
     def __init__(self) -> None:
         self.readings = 0  # readings handed to the pipeline
@@ -39,6 +48,7 @@ class SensorStats:
         self.timeouts = 0  # reads cut off after `timeout`
         self.skipped = 0  # polls skipped while the breaker was open (polled drivers)
         self.overruns = 0  # polls missed because the previous one ran late
+        self.crashes = 0  # failures of the sampling loop itself (restarted)
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -63,8 +73,16 @@ class BlockingCaller:
         if self._current is not None and not self._current.done():
             raise TimeoutError("the previous read has not returned yet")
         self._current = asyncio.get_running_loop().create_future()
+        # A read abandoned by its timeout may fail later with nobody awaiting it:
+        # fetching its exception here keeps asyncio from reporting it as lost.
+        self._current.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._jobs.put((fn, self._current))
         return self._current
+
+    async def settle(self, timeout: float) -> None:
+        """Wait (up to `timeout`) for the read in progress, so the device is not closed under it."""
+        if self._current is not None and not self._current.done():
+            await asyncio.wait({self._current}, timeout=timeout)
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
@@ -124,13 +142,20 @@ class SensorRunner:
         self._single = next(iter(self.channels.values())) if len(self.channels) == 1 else None
 
     async def run(self) -> None:
+        """Sample until cancelled. Should the sampling loop itself fail, it is logged and restarted:
+        a sensor never goes quiet without a word."""
         try:
-            if self.driver.mode == "push":
-                await self._push()
-            else:
-                await self._poll()
+            while True:
+                try:
+                    await (self._push() if self.driver.mode == "push" else self._poll())
+                    return  # a stream that ended
+                except Exception as e:
+                    self.stats.crashes += 1
+                    _log.error("sensor_crashed", sensor=self.sensor.name, error=_text(e))
+                    await asyncio.sleep(self.sensor.interval)
         finally:
             if self._caller is not None:
+                await self._caller.settle(self.sensor.timeout)
                 self._caller.stop()
             try:
                 async with asyncio.timeout(self.sensor.timeout):
@@ -152,15 +177,16 @@ class SensorRunner:
         opened = False
         tick = math.ceil(clock.time() / interval)
         while True:
+            now = clock.time()
             due = tick * interval
-            late = clock.time() - due
-            if late > interval:  # the loop fell behind: skip to the present, never burst
-                missed = math.floor(late / interval)
-                self.stats.overruns += missed
-                tick += missed
+            late = now - due
+            if abs(late) > interval:  # fell behind (never burst to catch up), or the clock stepped
+                if late > 0:
+                    self.stats.overruns += math.floor(late / interval)
+                tick = math.ceil(now / interval)
                 continue
-            if late < 0:
-                await asyncio.sleep(-late)
+            # Sleep even when due already: sleep(0) lets the rest of the agent run.
+            await asyncio.sleep(max(0.0, -late))
             tick += 1
             if not self.breaker.allow():
                 self.stats.skipped += 1
@@ -174,6 +200,10 @@ class SensorRunner:
                 # cancellation that stops the agent when it races with a read finishing.
                 async with asyncio.timeout(self.sensor.timeout):
                     sample = await self._read()
+            except asyncio.CancelledError as e:
+                if _stopping():
+                    raise
+                self._failed(e)  # the driver's own code cancelled its read
             except Exception as e:
                 self._failed(e)
             else:
@@ -211,6 +241,12 @@ class SensorRunner:
                 await asyncio.sleep(self.sensor.interval)
 
     def _emit(self, ts: float, sample: Sample) -> None:
+        try:
+            self._emit_sample(ts, sample)
+        except Exception as e:  # a sample of a shape nobody expected
+            self._bad(f"{type(e).__name__}: {e}")
+
+    def _emit_sample(self, ts: float, sample: Sample) -> None:
         if sample is None:
             self.stats.empty += 1
             return
@@ -227,17 +263,14 @@ class SensorRunner:
             self._bad("a driver with several channels must return a mapping")
 
     def _put(self, names: tuple[str, str], ts: float, value: object) -> None:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-        ):
+        number = _finite(value)
+        if number is None:
             self._bad(f"not a finite number: {value!r}")
             return
         if self._invalid.failures:
             _log.info("values_valid_again", sensor=self.sensor.name, invalid=self._invalid.end())
         self.stats.readings += 1
-        self.put(Reading(names[0], ts, float(value), names[1]))
+        self.put(Reading(names[0], ts, number, names[1]))
 
     def _bad(self, why: str) -> None:
         self.stats.invalid += 1
@@ -267,6 +300,23 @@ class SensorRunner:
         if self.breaker.state is not BreakerState.CLOSED or self._failures.failures:
             _log.info("sensor_recovered", sensor=self.sensor.name, failures=self._failures.end())
         self.breaker.success()
+
+
+def _finite(value: object) -> float | None:
+    """`value` as a float if it is a finite number (numpy's included), else None."""
+    if isinstance(value, (bool, str, bytes)):
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _stopping() -> bool:
+    """Is the current task being cancelled from outside (the agent stopping)?"""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _text(error: BaseException) -> str:

@@ -38,6 +38,8 @@ class Bounds:
         )
 
     def __str__(self) -> str:
+        if self.ge is not None and self.le is not None and self.gt is None and self.lt is None:
+            return f"from {_num(self.ge)} to {_num(self.le)}"
         parts = [
             f"{sign} {_num(limit)}"
             for sign, limit in ((">", self.gt), ("≥", self.ge), ("<", self.lt), ("≤", self.le))
@@ -60,7 +62,7 @@ class Match:
 Positive = Annotated[float, Bounds(gt=0)]
 NonNegative = Annotated[float, Bounds(ge=0)]
 Rate = Annotated[float, Bounds(ge=0, le=1), "a probability per read"]
-Count = Annotated[int, Bounds(ge=1)]
+Count = Annotated[int, Bounds(ge=1, le=1_000_000)]
 
 
 class Injected:
@@ -195,8 +197,13 @@ def convert(value: object, annotation: Any) -> Any:
         return tuple(items) if origin is tuple else items
     if annotation is float:
         # inf and nan are numbers to TOML, but no interval, bound or window can be one.
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                number = float(value)  # an integer past 1e308 overflows
+            except OverflowError:
+                raise Mismatch(describe_type(annotation)) from None
+            if math.isfinite(number):
+                return number
     elif annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value

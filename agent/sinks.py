@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING, Annotated, ClassVar, TextIO
 
 from agent.records import Aggregate, Reading, as_dict
 from agent.registry import Component, Registry
-from agent.schema import Bounds, Injected
+from agent.schema import Bounds, Injected, Invalid
 
 Record = Reading | Aggregate
 
@@ -69,6 +69,8 @@ class JsonLines(Sink, name="jsonl"):
         backups: Annotated[int, Bounds(ge=0)] = 3,
         readings: Annotated[bool, "also write forwarded event readings"] = True,
     ) -> None:
+        if path.is_dir():
+            raise Invalid("path", f'expected a file, got "{path}", a directory')
         self.path, self.max_bytes, self.backups, self.readings = path, max_bytes, backups, readings
         self.file: IO[str] | None = None
         self.size = 0
@@ -81,12 +83,13 @@ class JsonLines(Sink, name="jsonl"):
     def write(self, record: Record) -> None:
         if isinstance(record, Reading) and not self.readings:
             return
-        assert self.file is not None, "write() outside `with sink:`"
         line = json.dumps(as_dict(record), separators=(",", ":"), ensure_ascii=False) + "\n"
         size = len(line.encode())
-        if self.size and self.size + size > self.max_bytes:
+        if self.file is None:
+            self.open()  # after a failed rotation: retry the open, never the rotation
+        elif self.size and self.size + size > self.max_bytes:
             self._rotate()
-            assert self.file is not None
+        assert self.file is not None
         self.file.write(line)
         self.file.flush()  # a line per window: cheap, and a crash loses no closed window
         self.size += size
@@ -94,13 +97,11 @@ class JsonLines(Sink, name="jsonl"):
     def _rotate(self) -> None:
         assert self.file is not None
         self.file.close()
+        self.file = None
         for n in range(self.backups, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{n}")
             newer = self.path.with_name(f"{self.path.name}.{n - 1}") if n > 1 else self.path
             if newer.exists():
-                if n == self.backups:
-                    older.unlink(missing_ok=True)
-                newer.replace(older)
+                newer.replace(self.path.with_name(f"{self.path.name}.{n}"))
         if self.backups == 0:
             self.path.unlink(missing_ok=True)
         self.open()

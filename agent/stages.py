@@ -6,13 +6,17 @@ schema, the checks and `edge-agent describe` all read them from here.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Annotated, Literal
 
 from agent.pipeline import Stage
 from agent.records import Reading
-from agent.schema import Bounds, Count, Invalid, NonNegative, Positive
+from agent.schema import Bounds, Invalid, NonNegative, Positive
+
+# Sliding windows are kept whole in memory: bounded, and small enough to sort per reading.
+Size = Annotated[int, Bounds(ge=1, le=10_000)]
 
 
 class Calibrate(Stage, name="calibrate"):
@@ -133,21 +137,18 @@ class Throttle(Stage, name="throttle"):
 class MovingAverage(Stage, name="moving_average"):
     """Replace each value by the mean of the last `size` values (a sliding window)."""
 
-    __slots__ = ("total", "values")
+    __slots__ = ("values",)
 
-    def __init__(self, *, size: Count = 5) -> None:
+    def __init__(self, *, size: Size = 5) -> None:
         self.values: deque[float] = deque(maxlen=size)
-        self.total = 0.0
 
     def transform(self, readings: Iterable[Reading]) -> Iterator[Reading]:
         values = self.values
-        size = values.maxlen
         for reading in readings:
-            if len(values) == size:
-                self.total -= values[0]
             values.append(reading.value)
-            self.total += reading.value
-            reading.value = self.total / len(values)
+            # A fresh exact sum, not a running total: one huge glitch value would
+            # leave a running total wrong long after the glitch left the window.
+            reading.value = math.fsum(values) / len(values)
             yield reading
 
 
@@ -156,7 +157,7 @@ class Median(Stage, name="median"):
 
     __slots__ = ("values",)
 
-    def __init__(self, *, size: Count = 5) -> None:
+    def __init__(self, *, size: Size = 5) -> None:
         self.values: deque[float] = deque(maxlen=size)
 
     def transform(self, readings: Iterable[Reading]) -> Iterator[Reading]:

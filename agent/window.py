@@ -4,6 +4,10 @@ Windows are aligned to multiples of their length since the epoch, so a 60 s
 window always runs from one whole minute to the next, on every board. The
 state is a handful of numbers (Welford's running mean and variance), however
 many readings a window holds.
+
+Windows are numbered (window k covers [k × seconds, (k + 1) × seconds)) and
+compared by number: a length like 0.2 s has no exact float, and comparing
+float boundaries put readings stamped on a boundary in the wrong window.
 """
 
 from __future__ import annotations
@@ -15,6 +19,15 @@ from agent.records import Aggregate, Reading
 
 Stat = Literal["count", "mean", "min", "max", "sum", "stddev", "first", "last"]
 STATS: tuple[str, ...] = get_args(Stat)
+
+# Timestamps are meaningful to the microsecond (the poll grid is rounded to it);
+# nudging by that much puts a reading stamped on a boundary in the window it opens,
+# in spite of the rounding of ts / seconds.
+RESOLUTION = 1e-6
+
+
+def window_number(ts: float, seconds: float) -> int:
+    return math.floor((ts + RESOLUTION) / seconds)
 
 
 class TumblingWindow:
@@ -31,6 +44,7 @@ class TumblingWindow:
         "first",
         "grace",
         "horizon",
+        "index",
         "last",
         "late",
         "m2",
@@ -41,7 +55,6 @@ class TumblingWindow:
         "sensor",
         "seq",
         "since",
-        "start",
         "stats",
         "total",
         "unit",
@@ -65,9 +78,9 @@ class TumblingWindow:
         self.grace = grace
         self.since = since  # windows that began before this are incomplete: marked partial
         self.seq = seq  # sequence number of the last aggregate emitted
-        self.horizon = -math.inf  # end of the last closed window
+        self.horizon: float = -math.inf  # number of the next window that may still open
         self.late = 0
-        self.start: float | None = None
+        self.index: int | None = None  # number of the open window
         self._reset()
 
     def _reset(self) -> None:
@@ -81,16 +94,16 @@ class TumblingWindow:
 
     def add(self, reading: Reading) -> Aggregate | None:
         """Count one reading in; returns the previous window's aggregate if this closed it."""
-        start = math.floor(reading.ts / self.seconds) * self.seconds
-        if start < self.horizon or (self.start is not None and start < self.start):
+        index = window_number(reading.ts, self.seconds)
+        if index < self.horizon or (self.index is not None and index < self.index):
             self.late += 1
             return None
         closed = None
-        if self.start is None:
-            self.start = start
-        elif start > self.start:
+        if self.index is None:
+            self.index = index
+        elif index > self.index:
             closed = self._close(partial=False)
-            self.start = start
+            self.index = index
         if not self.unit:
             self.unit = reading.unit
         value = reading.value
@@ -111,24 +124,29 @@ class TumblingWindow:
     @property
     def deadline(self) -> float:
         """When the open window closes on time: its end plus grace (infinity if none is open)."""
-        return math.inf if self.start is None else self.start + self.seconds + self.grace
+        return math.inf if self.index is None else (self.index + 1) * self.seconds + self.grace
+
+    @property
+    def start(self) -> float | None:
+        """Start of the open window, if one is open."""
+        return None if self.index is None else self.index * self.seconds
 
     def advance(self, now: float) -> Aggregate | None:
         """Close the open window once `now` is past its end and the grace period."""
-        if self.start is not None and now >= self.start + self.seconds + self.grace:
+        if self.index is not None and now >= self.deadline:
             return self._close(partial=False)
         return None
 
     def flush(self) -> Aggregate | None:
         """Close the open window early (at shutdown); its aggregate is marked partial."""
-        return self._close(partial=True) if self.start is not None else None
+        return self._close(partial=True) if self.index is not None else None
 
     def _close(self, *, partial: bool) -> Aggregate | None:
-        start = self.start
-        assert start is not None
-        end = start + self.seconds
-        self.start = None
-        self.horizon = end
+        index = self.index
+        assert index is not None
+        start, end = index * self.seconds, (index + 1) * self.seconds
+        self.index = None
+        self.horizon = index + 1
         if self.count == 0:
             return None
         values = {

@@ -40,16 +40,19 @@ class Replay(Simulated, name="replay"):
         self.speed, self.loop = speed, loop
         self.channels = (Channel("value", unit),)
 
-    def rows(self) -> Iterator[dict[str, Any]]:
+    def rows(self) -> Iterator[Any]:
         with self.path.open(newline="") as f:
             if self.path.suffix == ".csv":
                 yield from csv.DictReader(f)
-            else:
-                for line in f:
-                    if line.strip():
+                return
+            for line in f:
+                if line.strip():
+                    try:
                         yield json.loads(line)
+                    except ValueError:
+                        yield None  # a garbled line is a bad row, not the end of the file
 
-    def parse(self, row: dict[str, Any]) -> tuple[float, float] | None:
+    def parse(self, row: Any) -> tuple[float, float] | None:
         """The row's timestamp and value, or None for a row that has no valid pair."""
         try:
             stamp = row[self.time_key]
@@ -64,16 +67,27 @@ class Replay(Simulated, name="replay"):
 
     async def stream(self) -> AsyncIterator[Sample]:
         while True:
-            previous: float | None = None
+            first = previous = None
+            rows = 0
             for row in self.rows():
+                rows += 1
                 parsed = self.parse(row)
                 if parsed is None:
+                    await asyncio.sleep(0)
                     yield math.nan  # the agent counts it as an invalid value, logged once per burst
                     continue
                 stamp, value = parsed
-                if previous is not None and stamp > previous:
-                    await asyncio.sleep((stamp - previous) / self.speed)
+                gap = 0.0 if previous is None else max(0.0, stamp - previous)
+                await asyncio.sleep(gap / self.speed)  # sleep(0) too: a fast file shares the loop
+                first = stamp if first is None else first
                 previous = stamp
                 yield await self.faulty(value)
-            if not self.loop:
+            if not self.loop or rows == 0:
                 return
+            # Between two passes: the file's mean spacing (one second for a single row).
+            spacing = (
+                (previous - first) / (rows - 1)
+                if first is not None and previous is not None and rows > 1
+                else 1.0
+            )
+            await asyncio.sleep(max(spacing, 0.0) / self.speed)

@@ -79,8 +79,8 @@ def bad_lines(path: Path) -> list[str]:
         'got "my dev"',
         f"{path}: agent.breaker.cooldown: expected a number ≤ max_cooldown (5), got 10",
         f'{path}: sensors[0].driver: unknown driver "sin"; did you mean "sine"?',
-        f"{path}: sensors[1].window.seconds: expected a number > 0, got 0",
-        f'{path}: sensors[1].pipeline[0].size: expected an integer ≥ 1, got "ten"',
+        f"{path}: sensors[1].window.seconds: expected a number ≥ 0.001, got 0",
+        f'{path}: sensors[1].pipeline[0].size: expected an integer from 1 to 10000, got "ten"',
         f"{path}: sensors[1].pipeline[1].min: expected min ≤ max, got min = 2, max = 1",
     ]
 
@@ -139,7 +139,7 @@ def test_check_prints_the_path_as_given(tmp_path: Path) -> None:
     write(tmp_path, AGENT + SINE + "interval = 0\n", name="relative.toml")
     result = cli("check", "-c", "relative.toml", cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr == "relative.toml: sensors[0].interval: expected a number > 0, got 0\n"
+    assert result.stderr == "relative.toml: sensors[0].interval: expected a number ≥ 0.001, got 0\n"
 
 
 def test_check_a_missing_file(tmp_path: Path) -> None:
@@ -238,7 +238,7 @@ def test_describe_lists_every_builtin_component(tmp_path: Path) -> None:
         "max (a number; default none)",
         'mode (one of "drop", "clamp"; default "drop")',
     ]
-    assert listed["stages"]["median"] == ["size (an integer ≥ 1; default 5)"]
+    assert listed["stages"]["median"] == ["size (an integer from 1 to 10000; default 5)"]
     assert listed["stages"]["throttle"] == ["seconds (a number > 0; required)"]
     assert listed["stages"]["delta"] == [
         "change (a number ≥ 0; required)",
@@ -299,7 +299,7 @@ def test_describe_one_driver_shows_only_it_with_inherited_faults(tmp_path: Path)
     assert 'unit (a string; default "")' in params
     assert "seed (an integer; default none): makes the signal and the faults repeatable" in params
     assert params[params.index("spike_size (a number; default 100.0)") - 1].startswith(
-        "spikes (a number ≥ 0 and ≤ 1; default 0.0)"
+        "spikes (a number from 0 to 1; default 0.0)"
     )
     assert "clock" not in result.stdout
     for other in ["counter", "random_walk", "replay", "drivers:", "stages:", "sinks:", "median"]:
@@ -447,11 +447,11 @@ def test_describe_shows_each_fault_parameters_own_doc(capsys: pytest.CaptureFixt
     # doc ("a probability per read") must not win over the parameter's.
     assert main(["describe", "sine"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line for line in lines if "≥ 0 and ≤ 1" in line] == [
-        "      dropouts (a number ≥ 0 and ≤ 1; default 0.0): share of reads that return nothing",
-        "      spikes (a number ≥ 0 and ≤ 1; default 0.0): share of reads offset by spike_size",
-        "      errors (a number ≥ 0 and ≤ 1; default 0.0): share of reads that raise an error",
-        "      hangs (a number ≥ 0 and ≤ 1; default 0.0): share of reads that never return",
+    assert [line for line in lines if "from 0 to 1" in line] == [
+        "      dropouts (a number from 0 to 1; default 0.0): share of reads that return nothing",
+        "      spikes (a number from 0 to 1; default 0.0): share of reads offset by spike_size",
+        "      errors (a number from 0 to 1; default 0.0): share of reads that raise an error",
+        "      hangs (a number from 0 to 1; default 0.0): share of reads that never return",
     ]
     assert "a probability per read" not in "\n".join(lines)
 
@@ -476,6 +476,6 @@ def test_describe_shows_a_nested_alias_doc_only_without_an_own_doc(
 
     assert main(["describe", name]) == 0
     assert capsys.readouterr().out.splitlines()[1:] == [
-        "      keep (a number ≥ 0 and ≤ 1; default 1.0): share of values kept",
-        "      skip (a number ≥ 0 and ≤ 1; default 0.0): a probability per read",
+        "      keep (a number from 0 to 1; default 1.0): share of values kept",
+        "      skip (a number from 0 to 1; default 0.0): a probability per read",
     ]

@@ -243,7 +243,7 @@ CASES = [
     ),
     pytest.param(
         toml(AGENT, "queue_size = 0", SINE),
-        ["agent.queue_size: expected an integer ≥ 1, got 0"],
+        ["agent.queue_size: expected an integer from 1 to 1000000, got 0"],
         id="queue-size-out-of-bounds",
     ),
     pytest.param(
@@ -254,7 +254,7 @@ CASES = [
     pytest.param(
         toml(AGENT, '[agent.breaker]\nfailures = 0\ncooldown = "x"\nfailure = 1', SINE),
         [
-            "agent.breaker.failures: expected an integer ≥ 1, got 0",
+            "agent.breaker.failures: expected an integer from 1 to 1000000, got 0",
             'agent.breaker.cooldown: expected a number > 0, got "x"',
             'agent.breaker.failure: unknown key; did you mean "failures"?',
         ],
@@ -283,27 +283,27 @@ CASES = [
     # wrong types and bounds
     pytest.param(
         toml(AGENT, SINE, 'interval = "fast"'),
-        ['sensors[0].interval: expected a number > 0, got "fast"'],
+        ['sensors[0].interval: expected a number ≥ 0.001, got "fast"'],
         id="string-for-number",
     ),
     pytest.param(
         toml(AGENT, SINE, "interval = true"),
-        ["sensors[0].interval: expected a number > 0, got true"],
+        ["sensors[0].interval: expected a number ≥ 0.001, got true"],
         id="bool-for-number",
     ),
     pytest.param(
         toml(AGENT, SINE, "interval = -1"),
-        ["sensors[0].interval: expected a number > 0, got -1"],
+        ["sensors[0].interval: expected a number ≥ 0.001, got -1"],
         id="number-below-bound",
     ),
     pytest.param(
         toml(AGENT, SINE, "interval = 0"),
-        ["sensors[0].interval: expected a number > 0, got 0"],
+        ["sensors[0].interval: expected a number ≥ 0.001, got 0"],
         id="number-at-exclusive-bound",
     ),
     pytest.param(
         toml(AGENT, SINE, "interval = nan"),
-        ["sensors[0].interval: expected a number > 0, got nan"],
+        ["sensors[0].interval: expected a number ≥ 0.001, got nan"],
         id="nan-for-positive",
     ),
     pytest.param(
@@ -313,7 +313,7 @@ CASES = [
     ),
     pytest.param(
         toml(AGENT, SINE, "dropouts = 1.5"),
-        ["sensors[0].dropouts: expected a number ≥ 0 and ≤ 1, got 1.5"],
+        ["sensors[0].dropouts: expected a number from 0 to 1, got 1.5"],
         id="rate-above-one-inherited-param",
     ),
     pytest.param(
@@ -333,12 +333,12 @@ CASES = [
     ),
     pytest.param(
         toml(AGENT, SINE, 'pipeline = [{ stage = "median" }, { stage = "median", size = "ten" }]'),
-        ['sensors[0].pipeline[1].size: expected an integer ≥ 1, got "ten"'],
+        ['sensors[0].pipeline[1].size: expected an integer from 1 to 10000, got "ten"'],
         id="string-for-integer-in-stage",
     ),
     pytest.param(
         toml(AGENT, SINE, 'pipeline = [{ stage = "moving_average", size = true }]'),
-        ["sensors[0].pipeline[0].size: expected an integer ≥ 1, got true"],
+        ["sensors[0].pipeline[0].size: expected an integer from 1 to 10000, got true"],
         id="bool-for-integer-in-stage",
     ),
     pytest.param(
@@ -526,22 +526,22 @@ CASES = [
     # windows
     pytest.param(
         toml(AGENT, SINE, 'window = { stats = ["mean"] }'),
-        ["sensors[0].window.seconds: expected a number > 0, got nothing (missing)"],
+        ["sensors[0].window.seconds: expected a number ≥ 0.001, got nothing (missing)"],
         id="window-seconds-missing",
     ),
     pytest.param(
         toml(AGENT, SINE, "window = { seconds = 0 }"),
-        ["sensors[0].window.seconds: expected a number > 0, got 0"],
+        ["sensors[0].window.seconds: expected a number ≥ 0.001, got 0"],
         id="window-seconds-zero",
     ),
     pytest.param(
         toml(AGENT, SINE, "window = { seconds = -5 }"),
-        ["sensors[0].window.seconds: expected a number > 0, got -5"],
+        ["sensors[0].window.seconds: expected a number ≥ 0.001, got -5"],
         id="window-seconds-negative",
     ),
     pytest.param(
         toml(AGENT, SINE, 'window = { seconds = "1m" }'),
-        ['sensors[0].window.seconds: expected a number > 0, got "1m"'],
+        ['sensors[0].window.seconds: expected a number ≥ 0.001, got "1m"'],
         id="window-seconds-string",
     ),
     pytest.param(
@@ -602,7 +602,7 @@ CASES = [
         toml(AGENT, SINE, SINE, "interval = -1"),
         [
             'sensors[1].name: "air" is used twice',
-            "sensors[1].interval: expected a number > 0, got -1",
+            "sensors[1].interval: expected a number ≥ 0.001, got -1",
         ],
         id="duplicate-name-of-an-invalid-sensor",
     ),
@@ -744,7 +744,7 @@ def test_a_located_item_is_reported_before_the_constructor_runs(tmp_path: Path) 
         pytest.param(
             toml(AGENT, SINE, '[[sensors]]\nname = "b"\ndriver = "sine"\ninterval = -1', SINE),
             [
-                "sensors[1].interval: expected a number > 0, got -1",
+                "sensors[1].interval: expected a number ≥ 0.001, got -1",
                 'sensors[2].name: "air" is used twice',
             ],
             id="invalid-between",
@@ -782,7 +782,7 @@ def test_unknown_driver_still_checks_the_sensors_own_keys(tmp_path: Path) -> Non
     text = toml(AGENT, '[[sensors]]\nname = "air"\ndriver = "sin"\namplitude = 3\ninterval = "x"')
     assert problems_in(tmp_path, text) == [
         'sensors[0].driver: unknown driver "sin"; did you mean "sine"?',
-        'sensors[0].interval: expected a number > 0, got "x"',
+        'sensors[0].interval: expected a number ≥ 0.001, got "x"',
     ]
 
 
@@ -810,12 +810,12 @@ def test_several_problems_are_reported_together(tmp_path: Path) -> None:
         'sensors[0].driver: unknown driver "sin"; did you mean "sine"?',
         'sensors[1].intervall: unknown key; did you mean "interval"?',
     ]
-    assert stripped[4] == "sensors[1].window.seconds: expected a number > 0, got 0"
+    assert stripped[4] == "sensors[1].window.seconds: expected a number ≥ 0.001, got 0"
     assert stripped[5] == (
         f'sensors[1].window.stats[1]: expected one of {STATS}, got "maen"; did you mean "mean"?'
     )
     assert stripped[6:] == [
-        'sensors[1].pipeline[0].size: expected an integer ≥ 1, got "ten"',
+        'sensors[1].pipeline[0].size: expected an integer from 1 to 10000, got "ten"',
         'sensors[1].pipeline[1].stage: unknown stage "medain"; did you mean "median"?',
         'sinks[0].type: unknown sink "jsnl"; did you mean "jsonl"?',
     ]
@@ -991,7 +991,7 @@ def test_window_defaults(tmp_path: Path) -> None:
     [
         pytest.param(
             "window = { seconds = inf }",
-            "sensors[0].window.seconds: expected a number > 0, got inf",
+            "sensors[0].window.seconds: expected a number ≥ 0.001, got inf",
             id="window-inf",
         ),
         pytest.param(
@@ -1001,7 +1001,7 @@ def test_window_defaults(tmp_path: Path) -> None:
         ),
         pytest.param(
             "interval = -inf",
-            "sensors[0].interval: expected a number > 0, got -inf",
+            "sensors[0].interval: expected a number ≥ 0.001, got -inf",
             id="interval-minus-inf",
         ),
         pytest.param(
