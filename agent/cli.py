@@ -68,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
     import signal
 
     from agent import log
-    from agent.daemon import Agent
+    from agent.daemon import Agent, StartupError
 
     config = _load(args.config)
     if config is None:
@@ -82,7 +82,11 @@ def _run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signum, agent.stop)
         await agent.run(duration=args.duration)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except StartupError as e:
+        print(f"edge-agent: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

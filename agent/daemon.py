@@ -30,6 +30,10 @@ from agent.window import TumblingWindow
 _log = log.get("agent")
 
 
+class StartupError(Exception):
+    """Something the agent needs at start cannot be had; the message says what and why."""
+
+
 class Route:
     """Where one channel's readings go: its own pipeline, then its window (or straight out)."""
 
@@ -93,7 +97,10 @@ class Agent:
         """Run until `stop()` or for `duration` seconds; then close windows, flush the sinks."""
         with contextlib.ExitStack() as stack:
             for sink in self.sinks:
-                stack.enter_context(sink)
+                try:
+                    stack.enter_context(sink)
+                except OSError as e:
+                    raise StartupError(f'cannot open sink "{sink.name}": {e}') from None
             tasks = [
                 asyncio.create_task(r.run(), name=f"sensor-{r.sensor.name}") for r in self.runners
             ]

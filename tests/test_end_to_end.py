@@ -148,3 +148,22 @@ def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
     _, logs = agent.communicate(timeout=10)
     assert agent.returncode == 0, logs
     assert json.loads(logs.splitlines()[-1])["event"] == "stopped"
+
+
+def test_a_sink_that_cannot_be_opened_is_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file where a directory should be")
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        '[agent]\ndevice_id = "e2e"\n[[sensors]]\nname = "c"\ndriver = "counter"\n'
+        f'[[sinks]]\ntype = "jsonl"\npath = "{tmp_path}/taken/out.jsonl"\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "run", "-c", str(config), "--duration", "1"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith('edge-agent: cannot open sink "jsonl": ')
+    assert "Traceback" not in done.stderr
