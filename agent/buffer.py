@@ -13,7 +13,10 @@ Layout under the buffer directory:
 - Corrupt bytes found at start (a power cut mid-write, a bad sector) are covered in place by a
   padding frame, so every intact record keeps its position; a torn tail is cut off. A copy of
   the segment as found goes to `quarantine/` (the last few are kept).
-- `cursor`: the position before which every record has been acknowledged, rewritten atomically.
+- `cursor`: the position before which every record has been acknowledged, followed by the
+  owner's own state (`meta`: the uplink keeps its sequence numbers there), rewritten atomically
+  at each commit. Segments that were acknowledged or dropped are deleted only after that write,
+  so the state on disk is never older than what was deleted.
 
 A position is a byte offset in the whole log; it names a record for `read()` and `release()`.
 
@@ -86,7 +89,9 @@ class Buffer:
         self.stats = BufferStats()
         self.segments: list[Segment] = []
         self.cursor = 0  # everything before it has been acknowledged
-        self._committed_cursor = -1
+        self.meta = b""  # the owner's state, saved with the cursor
+        self._committed: tuple[int, bytes] | None = None
+        self._obsolete: list[Path] = []  # segments to delete once the cursor is on disk
         self._fd: int | None = None  # the last segment, open for appending
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -106,7 +111,7 @@ class Buffer:
     def open(self) -> None:
         """Recover the log: check every frame, set aside what is corrupt, keep all the rest."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.cursor = self._read_cursor()
+        self.cursor, self.meta = self._read_cursor()
         for path in sorted(self.directory.glob("*.log")):
             base = int(path.stem)
             if self.segments and base != self.segments[-1].end:
@@ -122,7 +127,7 @@ class Buffer:
             self.segments.append(Segment(self.directory / f"{start:020d}.log", start))
         self.cursor = max(self.cursor, self.segments[0].base)
         self._fd = os.open(self.segments[-1].path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._committed_cursor = self.cursor
+        self._committed = (self.cursor, self.meta)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -152,18 +157,23 @@ class Buffer:
         self.stats.appended += 1
         return position
 
-    def commit(self) -> None:
-        """Make every append so far, and the cursor, survive a power cut."""
+    def commit(self, meta: bytes | None = None) -> None:
+        """Make every append so far, the cursor and `meta` survive a power cut."""
+        if meta is not None:
+            self.meta = meta
         if self._fd is not None:
             os.fsync(self._fd)
-        if self.cursor != self._committed_cursor:
+        if (self.cursor, self.meta) != self._committed:
             tmp = self.directory / "cursor.tmp"
             with tmp.open("wb") as f:
-                f.write(struct.pack("<Q", self.cursor))
+                f.write(struct.pack("<Q", self.cursor) + self.meta)
                 f.flush()
                 os.fsync(f.fileno())
             tmp.replace(self.directory / "cursor")
-            self._committed_cursor = self.cursor
+            self._committed = (self.cursor, self.meta)
+        for path in self._obsolete:
+            path.unlink(missing_ok=True)
+        self._obsolete.clear()
 
     # -- reading and acknowledging ---------------------------------------------------------
 
@@ -214,7 +224,7 @@ class Buffer:
             return
         self.cursor = min(position, self.end)
         while len(self.segments) > 1 and self.segments[0].end <= self.cursor:
-            self.segments.pop(0).path.unlink(missing_ok=True)
+            self._obsolete.append(self.segments.pop(0).path)
 
     # -- inside ----------------------------------------------------------------------------
 
@@ -235,7 +245,7 @@ class Buffer:
         self.segments.pop(0)
         self.stats.dropped += dropped
         _log.warning("buffer_full", dropped=dropped, policy="drop_oldest")
-        oldest.path.unlink(missing_ok=True)
+        self._obsolete.append(oldest.path)
         self.cursor = max(self.cursor, oldest.end)
         return True
 
@@ -244,16 +254,16 @@ class Buffer:
             return False
         return shutil.disk_usage(self.directory).free < self.reserve_bytes + wanted
 
-    def _read_cursor(self) -> int:
+    def _read_cursor(self) -> tuple[int, bytes]:
         try:
             data = (self.directory / "cursor").read_bytes()
         except FileNotFoundError:
-            return 0
-        if len(data) != 8:
+            return 0, b""
+        if len(data) < 8:
             _log.warning("buffer_cursor_corrupt", detail="starting from the oldest record")
-            return 0
-        cursor: int = struct.unpack("<Q", data)[0]
-        return cursor
+            return 0, b""
+        cursor: int = struct.unpack_from("<Q", data)[0]
+        return cursor, data[8:]
 
     def _recover(self, path: Path, base: int) -> Segment:
         """Check every frame of a segment; pad over corrupt bytes and cut a torn tail."""

@@ -133,8 +133,11 @@ def test_acknowledged_segments_are_deleted(tmp_path: Path) -> None:
             buffer.append(payload(n))
         assert len(list(tmp_path.glob("*.log"))) > 5
         buffer.release(buffer.end)
-        assert len(list(tmp_path.glob("*.log"))) == 1
         assert buffer.pending_records == 0
+        before = len(list(tmp_path.glob("*.log")))
+        buffer.commit()  # deleted only once the cursor that frees them is on disk
+        assert before > 5
+        assert len(list(tmp_path.glob("*.log"))) == 1
     with Buffer(tmp_path) as buffer:
         assert contents(buffer) == []
 
@@ -142,3 +145,12 @@ def test_acknowledged_segments_are_deleted(tmp_path: Path) -> None:
 def test_an_oversized_record_is_refused(tmp_path: Path) -> None:
     with Buffer(tmp_path) as buffer, pytest.raises(ValueError, match="over the"):
         buffer.append(b"x" * (2 << 20))
+
+
+def test_the_owners_state_is_saved_with_the_cursor(tmp_path: Path) -> None:
+    with Buffer(tmp_path) as buffer:
+        assert buffer.meta == b""
+        buffer.append(payload(1))
+        buffer.commit(b'{"seq": {"air": 41}}')
+    with Buffer(tmp_path) as buffer:
+        assert buffer.meta == b'{"seq": {"air": 41}}'

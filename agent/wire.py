@@ -1,0 +1,69 @@
+"""What goes over MQTT: records as versioned msgpack (or JSON, for debugging) maps.
+
+The format is documented field by field in docs/wire-format.md. Every payload ends
+with its `replay` flag, so marking a record as replayed from the buffer is a
+one-byte change, not a decode and re-encode.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import msgpack
+
+from agent.records import Aggregate, Reading
+
+VERSION = 1
+Encoding = Literal["msgpack", "json"]
+
+
+def encode(record: Reading | Aggregate, device: str, encoding: Encoding = "msgpack") -> bytes:
+    fields: dict[str, Any]
+    if isinstance(record, Aggregate):
+        fields = {
+            "v": VERSION,
+            "kind": "agg",
+            "device": device,
+            "sensor": record.sensor,
+            "seq": record.seq,
+            "start": record.start,
+            "end": record.end,
+            "count": record.count,
+            "stats": record.stats,
+            "unit": record.unit,
+            "partial": record.partial,
+        }
+    else:
+        fields = {
+            "v": VERSION,
+            "kind": "event",
+            "device": device,
+            "sensor": record.sensor,
+            "ts": record.ts,
+            "value": record.value,
+            "unit": record.unit,
+        }
+    fields["replay"] = False  # last, so mark_replay() can flip it in place
+    if encoding == "json":
+        return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
+    packed: bytes = msgpack.packb(fields, use_bin_type=True)
+    return packed
+
+
+def mark_replay(payload: bytes) -> bytes:
+    """The same payload with `replay` set to true."""
+    if payload.startswith(b"{"):
+        assert payload.endswith(b"false}")
+        return payload[: -len(b"false}")] + b"true}"
+    assert payload[-1:] == b"\xc2"  # msgpack false
+    return payload[:-1] + b"\xc3"  # msgpack true
+
+
+def decode(payload: bytes) -> dict[str, Any]:
+    """A payload as a plain dict, whichever encoding it has."""
+    if payload.startswith(b"{"):
+        result: dict[str, Any] = json.loads(payload)
+    else:
+        result = msgpack.unpackb(payload, raw=False)
+    return result
