@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_SECONDS ?= 0
 
-.PHONY: demo test lint typecheck pytest clean
+.PHONY: demo test lint typecheck pytest clean mosquitto
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "edge-agent needs Python 3.11 or newer; found " + sys.version.split()[0])'
@@ -16,11 +16,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	@touch $@
 
-demo: $(STAMP)
-	@echo "edge-agent demo: simulated sensors -> pipeline -> 5 s windows. Ctrl-C stops it."
-	$(BIN)/edge-agent run -c config/simulated.toml $(if $(filter-out 0,$(DEMO_SECONDS)),--duration $(DEMO_SECONDS))
+demo: $(STAMP) mosquitto
+	@echo "edge-agent demo: simulated sensors -> pipeline -> 5 s windows -> MQTT. Ctrl-C stops it."
+	@DEMO_SECONDS=$(DEMO_SECONDS) $(BIN)/python -m agent.demo
 
-test: $(STAMP) lint typecheck pytest
+test: $(STAMP) mosquitto lint typecheck pytest
+
+# The tests and the demo start their own mosquitto; install it from Debian's packages if missing.
+mosquitto:
+	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      echo "installing mosquitto (Debian package)"; \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; \
+	    else \
+	      echo "mosquitto is missing: run 'sudo apt-get install mosquitto mosquitto-clients' (or your system's equivalent)"; exit 1; \
+	    fi; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check agent drivers tests

@@ -28,6 +28,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--duration", type=float, help="stop after this many seconds")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     run.add_argument("--log-json", action="store_true", help="JSON log lines even on a terminal")
+    run.add_argument("--broker", metavar="HOST:PORT", help="use this MQTT broker instead")
+
+    tail = commands.add_parser("tail", help="print the aggregates arriving at the broker")
+    tail.add_argument("-c", "--config", type=Path, required=True)
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    tail.add_argument("--count", type=int, help="exit after this many records")
+    tail.add_argument("--sensor", help="only this sensor")
+    tail.add_argument("--broker", metavar="HOST:PORT", help="use this MQTT broker instead")
+    tail.add_argument("--timeout", type=float, help="give up after this many seconds")
 
     check = commands.add_parser("check", help="check a config file and exit (0: valid, 2: not)")
     check.add_argument("-c", "--config", type=Path, required=True)
@@ -40,18 +49,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "describe":
         return _describe(args.name)
+    if args.command == "tail":
+        return _tail(args)
     return _check(args.config) if args.command == "check" else _run(args)
 
 
-def _load(path: Path):  # type: ignore[no-untyped-def]  # the import is deferred on purpose
-    from agent.config import ConfigError, load
+def _load(path: Path, broker: str | None = None):  # type: ignore[no-untyped-def]  # lazy import
+    import dataclasses
+
+    from agent.config import ConfigError, Mqtt, load
 
     try:
-        return load(path)
+        config = load(path)
     except ConfigError as e:
         for line in e.lines():
             print(line, file=sys.stderr)
         return None
+    if broker is None:
+        return config
+    host, _, port = broker.rpartition(":")
+    if not host or not port.isdigit():
+        print(f'edge-agent: --broker: expected HOST:PORT, got "{broker}"', file=sys.stderr)
+        return None
+    mqtt = dataclasses.replace(config.mqtt or Mqtt(), host=host, port=int(port))
+    return dataclasses.replace(config, mqtt=mqtt)
+
+
+def _tail(args: argparse.Namespace) -> int:
+    from agent.tail import tail
+
+    config = _load(args.config, args.broker)
+    if config is None:
+        return EXIT_CONFIG
+    if config.mqtt is None:
+        print(f"{args.config}: mqtt: expected an [mqtt] table to tail, got none", file=sys.stderr)
+        return EXIT_CONFIG
+    return tail(
+        config, as_json=args.json, count=args.count, sensor=args.sensor, timeout=args.timeout
+    )
 
 
 def _check(path: Path) -> int:
@@ -70,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
     from agent import log
     from agent.daemon import Agent, StartupError
 
-    config = _load(args.config)
+    config = _load(args.config, args.broker)
     if config is None:
         return EXIT_CONFIG
     log.setup(args.log_level or config.agent.log_level, json_lines=True if args.log_json else None)

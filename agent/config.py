@@ -77,6 +77,58 @@ class AgentSettings:
 
 
 @dataclass(frozen=True)
+class Backoff:
+    base: Annotated[Positive, "seconds before the first retry"] = 1.0
+    cap: Annotated[Positive, "longest wait between retries"] = 60.0
+
+    def __post_init__(self) -> None:
+        if self.base > self.cap:
+            raise Invalid("base", f"expected a number ≤ cap ({self.cap:g}), got {self.base:g}")
+
+
+@dataclass(frozen=True)
+class Tls:
+    ca_file: Annotated[
+        Path | None, "CA certificates to verify the broker (default: the system's)"
+    ] = None
+    cert_file: Annotated[Path | None, "client certificate, for brokers that ask for one"] = None
+    key_file: Annotated[Path | None, "the client certificate's private key"] = None
+    insecure: Annotated[bool, "skip verifying the broker's certificate (warned at every start)"] = (
+        False
+    )
+
+
+@dataclass(frozen=True)
+class Mqtt:
+    host: str = "localhost"
+    port: Annotated[int, Bounds(ge=1, le=65535)] = 1883
+    topic_prefix: Annotated[
+        str, Match(r"[A-Za-z0-9_/-]+", "made of letters, digits, '_', '-', '/'")
+    ] = "edge"
+    qos: Literal[0, 1] = 1
+    keepalive: Annotated[int, Bounds(ge=5, le=3600), "seconds between pings"] = 30
+    username: str | None = None
+    password_env: Annotated[str | None, "environment variable holding the password"] = None
+    password_file: Annotated[Path | None, "file holding the password"] = None
+    payload: Literal["msgpack", "json"] = "msgpack"
+    inflight: Annotated[int, Bounds(ge=1, le=1000), "messages awaiting PUBACK at once"] = 64
+    backoff: Backoff = field(default_factory=Backoff)
+    tls: Tls | None = None
+
+    def __post_init__(self) -> None:
+        if self.password_env and self.password_file:
+            raise Invalid("password_env", "expected password_env or password_file, got both")
+
+
+@dataclass(frozen=True)
+class BufferSettings:
+    max_bytes: Annotated[int, Bounds(ge=65536, le=1 << 40), "disk the buffer may use"] = 64 << 20
+    overflow: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
+    commit_interval: Annotated[float, Bounds(ge=0.01, le=1.0), "seconds between fsyncs"] = 1.0
+    commit_records: Annotated[Count, "records that force an fsync sooner"] = 1000
+
+
+@dataclass(frozen=True)
 class Window:
     seconds: Annotated[float, Bounds(ge=0.001)]
     stats: tuple[Stat, ...] = ("count", "mean", "min", "max")
@@ -119,6 +171,8 @@ class Config:
     agent: AgentSettings
     sensors: tuple[Sensor, ...]
     sinks: tuple[Spec[Sink], ...]
+    mqtt: Mqtt | None = None
+    buffer: BufferSettings = field(default_factory=BufferSettings)
 
 
 class ConfigError(Exception):
@@ -155,10 +209,17 @@ def parse(document: Mapping[str, Any], source: Path) -> Config:
     import drivers  # noqa: F401  # registers the built-in drivers
 
     problems: list[Problem] = []
+    tables = ["agent", "sensors", "sinks", "mqtt", "buffer"]
     for key in document:
-        if key not in ("agent", "sensors", "sinks"):
-            hint = suggest(key, ["agent", "sensors", "sinks"])
-            problems.append(Problem(key, f"unknown key{hint}"))
+        if key not in tables:
+            problems.append(Problem(key, f"unknown key{suggest(key, tables)}"))
+
+    sections, found_problems = bind(
+        [p for p in params_of(Config) if p.name in ("mqtt", "buffer")],
+        {k: v for k, v in document.items() if k in ("mqtt", "buffer")},
+        "",
+    )
+    problems += found_problems
 
     agent_table = document.get("agent", {})
     settings = None
@@ -188,7 +249,7 @@ def parse(document: Mapping[str, Any], source: Path) -> Config:
 
     if problems or settings is None:
         raise ConfigError(source, problems)
-    return Config(source, settings, tuple(sensors), tuple(sinks))
+    return Config(source, settings, tuple(sensors), tuple(sinks), **sections)  # type: ignore[arg-type]
 
 
 def _tables(

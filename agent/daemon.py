@@ -25,6 +25,7 @@ from agent.records import Aggregate, Reading
 from agent.resilience import CircuitBreaker
 from agent.sampling import SensorRunner
 from agent.sinks import Sink
+from agent.uplink import Uplink
 from agent.window import TumblingWindow
 
 _log = log.get("agent")
@@ -52,6 +53,15 @@ class Agent:
         self.config = config
         self.clock = clock
         self.sinks = list(sinks) if sinks is not None else [s.build() for s in config.sinks]
+        self.uplink: Uplink | None = None
+        if config.mqtt is not None:
+            self.uplink = Uplink(
+                config.mqtt,
+                config.buffer,
+                device=config.agent.device_id,
+                data_dir=config.agent.data_dir,
+                sensors=[s.name for s in config.sensors],
+            )
         self.queue: DropOldestQueue[Reading] = DropOldestQueue(config.agent.queue_size)
         self.routes: dict[str, Route] = {}
         self.runners: list[SensorRunner] = []
@@ -101,12 +111,22 @@ class Agent:
                     stack.enter_context(sink)
                 except OSError as e:
                     raise StartupError(f'cannot open sink "{sink.name}": {e}') from None
+            uplink_task = None
+            if self.uplink is not None:
+                try:
+                    last_seqs = self.uplink.open()
+                except OSError as e:
+                    raise StartupError(f"cannot open the buffer: {e}") from None
+                for channel, route in self.routes.items():
+                    if route.window is not None:  # sequence numbers go on across restarts
+                        route.window.seq = last_seqs.get(channel, 0)
+                uplink_task = asyncio.create_task(self.uplink.run(), name="uplink")
             tasks = [
                 asyncio.create_task(r.run(), name=f"sensor-{r.sensor.name}") for r in self.runners
             ]
             if duration is not None:
                 asyncio.get_running_loop().call_later(duration, self.stop)
-            if not self.sinks:
+            if not self.sinks and self.uplink is None:
                 _log.warning(
                     "no_sinks", detail="nothing is written anywhere; add a [[sinks]] table"
                 )
@@ -126,6 +146,11 @@ class Agent:
                 for route in self.routes.values():
                     if route.window is not None and (aggregate := route.window.flush()):
                         self._emit(aggregate)
+                if self.uplink is not None and uplink_task is not None:
+                    self.uplink.stop()
+                    await self.uplink.close()
+                    uplink_task.cancel()
+                    await asyncio.gather(uplink_task, return_exceptions=True)
                 self._log_counters()
 
     async def _consume(self) -> None:
@@ -169,6 +194,12 @@ class Agent:
                     _log.info("stage_recovered", channel=channel, failures=route.failures.end())
 
     def _emit(self, record: Reading | Aggregate) -> None:
+        if self.uplink is not None:
+            try:
+                self.uplink.write(record)
+            except OSError as e:  # the buffer's disk failed: count it like a sink's
+                self.sink_errors += 1
+                _log.error("buffer_write_failed", error=str(e))
         for sink, failures in zip(self.sinks, self._sink_failures, strict=True):
             try:
                 sink.write(record)
@@ -207,6 +238,15 @@ class Agent:
                     windows=route.window.seq,
                     late=route.window.late,
                 )
+        if self.uplink is not None:
+            _log.info(
+                "uplink_counters",
+                published=self.uplink.published,
+                acknowledged=self.uplink.acknowledged,
+                connections=self.uplink.reconnects,
+                buffer_dropped=self.uplink.buffer.stats.dropped,
+                buffer_pending_bytes=self.uplink.buffer.pending_bytes,
+            )
         _log.info(
             "stopped",
             queue_dropped=self.queue.dropped,

@@ -1,0 +1,299 @@
+"""The MQTT uplink: every record goes to the durable buffer first and leaves it only on PUBACK.
+
+    write() ──> Buffer (disk) ──> sender ──publish──> broker
+                    ^                                   │
+                    └──────── release on PUBACK ────────┘
+
+paho-mqtt runs the connection on its own thread; its callbacks are handed to the
+event loop, so all the uplink's state lives on one thread. Reconnecting is ours,
+not paho's: exponential backoff with full jitter between `backoff.base` and
+`backoff.cap`, one log line per change of state, never a busy loop. Keepalive
+pings notice a dead connection even when nothing is being published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import ssl
+import struct
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent import __version__, log, wire
+from agent.buffer import Buffer
+from agent.config import BufferSettings, Mqtt
+from agent.records import Aggregate, Reading
+
+_log = log.get("agent.uplink")
+_TOPIC = struct.Struct("<H")  # a buffered record is: topic length, topic, payload
+
+
+class Uplink:
+    def __init__(
+        self,
+        settings: Mqtt,
+        buffer: BufferSettings,
+        *,
+        device: str,
+        data_dir: Path,
+        sensors: list[str],
+    ) -> None:
+        self.settings = settings
+        self.device = device
+        self.sensors = sensors
+        self.base_topic = f"{settings.topic_prefix}/{device}"
+        self.status_topic = f"{self.base_topic}/status"
+        self.buffer = Buffer(
+            data_dir / "buffer", max_bytes=buffer.max_bytes, overflow=buffer.overflow
+        )
+        self.commit_interval = buffer.commit_interval
+        self.commit_records = buffer.commit_records
+        self.seqs: dict[str, int] = {}  # last aggregate sequence number per channel
+        self.published = 0
+        self.acknowledged = 0
+        self.reconnects = 0
+        self.connected = False
+        self._uncommitted = 0
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._problem = ""  # the last connection problem logged, to log each change once
+        self._client: mqtt.Client | None = None
+        self._acks: list[int] = []  # message ids the broker acknowledged, not yet processed
+
+    # -- the buffer side: called by the agent ----------------------------------------------
+
+    def open(self) -> dict[str, int]:
+        """Open the buffer; returns the last sequence number of each channel, to continue from."""
+        self.buffer.open()
+        state = json.loads(self.buffer.meta) if self.buffer.meta else {}
+        self.seqs = {str(k): int(v) for k, v in state.get("seq", {}).items()}
+        # Records appended after the last commit carry newer sequence numbers than the state.
+        for _, _, record in self.buffer.read(int(state.get("end", 0)), limit=1 << 62):
+            fields = wire.decode(_split(record)[1])
+            if fields.get("kind") == "agg":
+                sensor, seq = fields["sensor"], fields["seq"]
+                self.seqs[sensor] = max(self.seqs.get(sensor, 0), seq)
+        if self.settings.tls is not None and self.settings.tls.insecure:
+            _log.warning("tls_unverified", detail="the broker's certificate is not checked")
+        return dict(self.seqs)
+
+    def write(self, record: Reading | Aggregate) -> None:
+        payload = wire.encode(record, self.device, self.settings.payload)
+        kind = "agg" if isinstance(record, Aggregate) else "event"
+        topic = f"{self.base_topic}/{record.sensor}/{kind}".encode()
+        if isinstance(record, Aggregate):
+            self.seqs[record.sensor] = record.seq
+        self.buffer.append(_TOPIC.pack(len(topic)) + topic + payload)
+        self._uncommitted += 1
+        if self._uncommitted >= self.commit_records:
+            self.commit()
+        self._wake.set()
+
+    def commit(self) -> None:
+        state = {"seq": self.seqs, "end": self.buffer.end}
+        self.buffer.commit(json.dumps(state).encode())
+        self._uncommitted = 0
+
+    # -- the broker side --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, send, reconnect, until `stop()`; then the agent calls `close()`."""
+        committer = asyncio.create_task(self._commit_periodically())
+        try:
+            attempt = 0
+            while not self._stopping:
+                if await self._connect():
+                    attempt = 0
+                    await self._send()
+                    continue
+                attempt += 1
+                cap = min(self.settings.backoff.cap, self.settings.backoff.base * 2.0**attempt)
+                await self._sleep(random.uniform(self.settings.backoff.base / 2, cap))
+        finally:
+            committer.cancel()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def close(self, drain_timeout: float = 5.0) -> None:
+        """Send what is buffered (for up to `drain_timeout` s), say "offline", close the buffer."""
+        client = self._client
+        if client is not None and self.connected:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(drain_timeout):
+                    while self.buffer.pending_bytes and self.connected:
+                        await asyncio.sleep(0.05)
+            info = client.publish(self.status_topic, self._status("offline"), qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):
+                await asyncio.to_thread(info.wait_for_publish, 2.0)
+            self.connected = False  # a disconnect we asked for: not worth a warning
+            client.disconnect()
+            await asyncio.to_thread(client.loop_stop)
+        self.commit()
+        self.buffer.close()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once on stop()."""
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                while not self._stopping:
+                    await self._wake.wait()
+                    self._wake.clear()
+
+    async def _commit_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.commit_interval)
+            self.commit()
+
+    def _new_client(self) -> mqtt.Client:
+        loop = asyncio.get_running_loop()
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"edge-agent-{self.device}",
+            reconnect_on_failure=False,  # our loop reconnects, with jitter
+        )
+        client.max_inflight_messages_set(self.settings.inflight)
+        client.will_set(self.status_topic, self._status("offline"), qos=1, retain=True)
+        secure(client, self.settings)
+
+        def later(fn: Any, *args: Any) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening
+                loop.call_soon_threadsafe(fn, *args)
+
+        client.on_connect = lambda c, u, flags, rc, props: later(self._on_connect, rc)
+        client.on_disconnect = lambda c, u, flags, rc, props: later(self._on_disconnect, rc)
+        client.on_publish = lambda c, u, mid, rc, props: later(self._on_publish, mid)
+        return client
+
+    def _status(self, state: str) -> bytes:
+        status: dict[str, Any] = {"state": state, "version": __version__, "device": self.device}
+        if state == "online":
+            status |= {"sensors": self.sensors, "dropped": self.buffer.stats.dropped}
+        return json.dumps(status).encode()
+
+    async def _connect(self) -> bool:
+        self._client = client = self._new_client()
+        self._connack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        host, port = self.settings.host, self.settings.port
+        try:
+            await asyncio.to_thread(client.connect, host, port, self.settings.keepalive)
+        except (OSError, ssl.SSLError) as e:
+            self._trouble(f"cannot reach {host}:{port}: {e}")
+            return False
+        client.loop_start()
+        try:
+            async with asyncio.timeout(self.settings.keepalive):
+                reason = await self._connack
+        except TimeoutError:
+            reason = "no answer to CONNECT"
+        if reason is not None:
+            self._trouble(f"{host}:{port} refused the connection: {reason}")
+            client.disconnect()
+            await asyncio.to_thread(client.loop_stop)
+            return False
+        self.connected = True
+        self.reconnects += 1
+        self._problem = ""
+        _log.info("connected", broker=f"{host}:{port}", backlog=self.buffer.pending_bytes)
+        client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
+        return True
+
+    def _trouble(self, problem: str) -> None:
+        if problem != self._problem:
+            _log.warning("broker_unavailable", problem=problem)
+            self._problem = problem
+
+    def _on_connect(self, reason: Any) -> None:
+        if not self._connack.done():
+            self._connack.set_result(None if not reason.is_failure else str(reason))
+
+    def _on_disconnect(self, reason: Any) -> None:
+        if self.connected:
+            _log.warning("disconnected", reason=str(reason))
+        self.connected = False
+        if not self._connack.done():
+            self._connack.set_result(f"closed ({reason})")
+        self._wake.set()
+
+    def _on_publish(self, mid: int) -> None:
+        self._acks.append(mid)
+        self._wake.set()
+
+    async def _send(self) -> None:
+        """Publish from the buffer's cursor on while connected; release what the broker took."""
+        client = self._client
+        assert client is not None
+        self._acks.clear()
+        replay_until = self.buffer.end  # what was waiting before this connection is a replay
+        position = self.buffer.cursor
+        inflight: dict[int, int] = {}  # message id -> position of the record after it
+        order: deque[tuple[int, int]] = deque()  # (message id, next position), in send order
+        done: set[int] = set()
+        while self.connected:
+            room = self.settings.inflight - len(inflight)
+            for start, following, record in self.buffer.read(position, room) if room else ():
+                topic, payload = _split(record)
+                if start < replay_until:
+                    payload = wire.mark_replay(payload)
+                info = client.publish(topic, payload, qos=self.settings.qos)
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    break  # the connection is going; on_disconnect will say so
+                inflight[info.mid] = following
+                order.append((info.mid, following))
+                position = following
+                self.published += 1
+            self._wake.clear()
+            for mid in self._acks:
+                if inflight.pop(mid, None) is not None:
+                    done.add(mid)
+                    self.acknowledged += 1
+            self._acks.clear()
+            released = None
+            while order and order[0][0] in done:
+                mid, released = order.popleft()
+                done.discard(mid)
+            if released is not None:
+                self.buffer.release(released)
+            if self._stopping and not self.buffer.pending_bytes:
+                return
+            more = len(inflight) < self.settings.inflight and position < self.buffer.end
+            if not (self._acks or more):
+                await self._wake.wait()
+        await asyncio.to_thread(client.loop_stop)
+
+
+def secure(client: mqtt.Client, settings: Mqtt) -> None:
+    """Credentials and TLS for a client, as the config says. The password is read now, from
+    the environment or a file, and is never logged."""
+    if settings.username is not None:
+        password = None
+        if settings.password_env:
+            password = os.environ.get(settings.password_env)
+        elif settings.password_file:
+            password = settings.password_file.read_text().strip()
+        client.username_pw_set(settings.username, password)
+    if settings.tls is not None:
+        tls = settings.tls
+        client.tls_set(
+            ca_certs=str(tls.ca_file) if tls.ca_file else None,
+            certfile=str(tls.cert_file) if tls.cert_file else None,
+            keyfile=str(tls.key_file) if tls.key_file else None,
+            cert_reqs=ssl.CERT_NONE if tls.insecure else ssl.CERT_REQUIRED,
+        )
+        client.tls_insecure_set(tls.insecure)
+
+
+def _split(record: bytes) -> tuple[str, bytes]:
+    (length,) = _TOPIC.unpack_from(record)
+    end = _TOPIC.size + length
+    return record[_TOPIC.size : end].decode(), record[end:]

@@ -1,0 +1,181 @@
+"""The MQTT uplink against a real mosquitto: delivery, broker outages, agent crashes."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.broker import Mosquitto
+
+
+class Subscriber:
+    """A consumer as users write them: a persistent session, QoS 1, msgpack decoded by hand."""
+
+    def __init__(self, port: int, topic: str = "edge/#") -> None:
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"sub-{uuid.uuid4().hex[:8]}",
+            clean_session=False,
+        )
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.connect("127.0.0.1", port, keepalive=5)
+        self.client.loop_start()
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        if message.topic.endswith("/status"):
+            return
+        with self.lock:
+            self.messages.append((message.topic, msgpack.unpackb(message.payload)))
+
+    def aggregates(self, sensor: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [m for t, m in self.messages if m["kind"] == "agg" and m["sensor"] == sensor]
+
+    def wait_for(self, sensor: str, seq: int, timeout: float = 15.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.aggregates(sensor)
+            if any(m["seq"] >= seq for m in got):
+                return got
+            time.sleep(0.05)
+        raise AssertionError(
+            f"no aggregate #{seq} of {sensor} in {timeout} s: {self.aggregates(sensor)}"
+        )
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def write_config(tmp_path: Path, port: int, **buffer: Any) -> Path:
+    extra = "".join(f"{k} = {v}\n" for k, v in buffer.items())
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f"""
+[agent]
+device_id = "pi"
+data_dir = "{tmp_path}/data"
+
+[[sensors]]
+name = "ticks"
+driver = "counter"
+interval = 0.05
+window = {{ seconds = 0.5, stats = ["count", "sum", "first", "last"], grace = 0.1 }}
+
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+keepalive = 5
+backoff = {{ base = 0.1, cap = 0.5 }}
+
+[buffer]
+commit_interval = 0.1
+{extra}"""
+    )
+    return config
+
+
+def start_agent(config: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "-c", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stop_agent(agent: subprocess.Popen[str]) -> str:
+    agent.send_signal(signal.SIGTERM)
+    _, logs = agent.communicate(timeout=20)
+    assert agent.returncode == 0, logs
+    return logs
+
+
+def check_contiguous(aggregates: list[dict[str, Any]]) -> None:
+    """One aggregate per sequence number (duplicates allowed), counter values without a gap."""
+    unique = {(a["device"], a["sensor"], a["seq"], a["start"]): a for a in aggregates}
+    by_seq = sorted(unique.values(), key=lambda a: a["seq"])
+    assert [a["seq"] for a in by_seq] == list(range(1, len(by_seq) + 1))
+    for before, after in itertools.pairwise(by_seq):
+        assert after["stats"]["first"] == before["stats"]["last"] + 1  # no reading lost between
+    for a in by_seq:
+        if not a["partial"]:
+            assert a["count"] == 10
+        n, first = a["count"], a["stats"]["first"]
+        assert a["stats"]["sum"] == sum(range(int(first), int(first) + n))
+
+
+def test_aggregates_arrive_exact_and_decodable(tmp_path: Path, broker: Mosquitto) -> None:
+    subscriber = Subscriber(broker.port)
+    agent = start_agent(write_config(tmp_path, broker.port))
+    try:
+        got = subscriber.wait_for("ticks", 5)
+    finally:
+        logs = stop_agent(agent)
+    time.sleep(0.3)
+    got = subscriber.aggregates("ticks")
+    subscriber.close()
+    check_contiguous(got)
+    assert all(a["v"] == 1 and a["device"] == "pi" and a["replay"] is False for a in got), got
+    assert got[-1]["partial"]  # the window open at SIGTERM was flushed and sent
+    assert '"event": "connected"' in logs
+
+
+def test_a_broker_outage_loses_no_window(tmp_path: Path, broker: Mosquitto) -> None:
+    subscriber = Subscriber(broker.port)
+    agent = start_agent(write_config(tmp_path, broker.port))
+    try:
+        subscriber.wait_for("ticks", 3)
+        broker.stop()
+        time.sleep(3.0)  # six windows close while the broker is away
+        broker.start()
+        before = max(a["seq"] for a in subscriber.aggregates("ticks"))
+        subscriber.wait_for("ticks", before + 8)
+    finally:
+        logs = stop_agent(agent)
+    time.sleep(0.3)
+    got = subscriber.aggregates("ticks")
+    subscriber.close()
+    check_contiguous(got)
+    assert any(a["replay"] for a in got)  # the backlog is marked as replayed
+    assert '"event": "disconnected"' in logs
+    assert logs.count('"event": "connected"') >= 2
+
+
+def test_a_killed_agent_resends_what_it_had_committed(tmp_path: Path, broker: Mosquitto) -> None:
+    config = write_config(tmp_path, broker.port)
+    broker.stop()  # everything the first agent makes stays in its buffer
+    agent = start_agent(config)
+    time.sleep(3.0)
+    agent.kill()  # SIGKILL: no flush, no goodbye
+    agent.wait(5)
+    broker.start()
+    subscriber = Subscriber(broker.port)
+    again = start_agent(config)
+    try:
+        got = subscriber.wait_for("ticks", 8)  # the first run closed at least 5 windows
+        time.sleep(1.0)
+    finally:
+        stop_agent(again)
+    time.sleep(0.3)
+    got = subscriber.aggregates("ticks")
+    subscriber.close()
+    seqs = sorted({a["seq"] for a in got})
+    assert seqs == list(range(1, len(seqs) + 1))  # sequence numbers go on across the restart
+    first_run = [a for a in got if a["replay"]]
+    assert len({a["seq"] for a in first_run}) >= 4
