@@ -87,6 +87,7 @@ class Buffer:
         self.segment_bytes = max(4096, min(segment_bytes, max_bytes // 8))
         self.reserve_bytes = reserve_bytes  # free disk space the buffer never takes
         self.stats = BufferStats()
+        self._dropping = log.Burst()
         self.segments: list[Segment] = []
         self.cursor = 0  # everything before it has been acknowledged
         self.meta = b""  # the owner's state, saved with the cursor
@@ -145,7 +146,12 @@ class Buffer:
         while self.pending_bytes + len(frame) > self.max_bytes or self._disk_short(len(frame)):
             if self.overflow == "drop_newest" or not self._drop_oldest_segment():
                 self.stats.dropped += 1
+                if self._dropping.fail():
+                    _log.warning("buffer_full", policy="drop_newest", max_bytes=self.max_bytes)
                 return None
+        if self._dropping.failures and self.pending_bytes <= self.max_bytes // 2:  # drained
+            _log.info("buffer_space_again", dropped=self.stats.dropped)
+            self._dropping.end()
         segment = self.segments[-1]
         if segment.size and segment.size + len(frame) > self.segment_bytes:
             segment = self._roll()
@@ -244,7 +250,8 @@ class Buffer:
         dropped = self._unacknowledged(oldest)
         self.segments.pop(0)
         self.stats.dropped += dropped
-        _log.warning("buffer_full", dropped=dropped, policy="drop_oldest")
+        if self._dropping.fail():
+            _log.warning("buffer_full", policy="drop_oldest", max_bytes=self.max_bytes)
         self._obsolete.append(oldest.path)
         self.cursor = max(self.cursor, oldest.end)
         return True

@@ -58,6 +58,7 @@ class Mosquitto:
             "persistence true\n"
             f"persistence_location {self.directory}/\n"
             "autosave_interval 1\n"
+            "max_queued_messages 0\n"  # queue all a sleeping subscriber misses, not 1000
             f"user {getpass.getuser()}\n"
         )
         self.process = subprocess.Popen(

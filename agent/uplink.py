@@ -110,10 +110,14 @@ class Uplink:
         try:
             attempt = 0
             while not self._stopping:
-                if await self._connect():
-                    attempt = 0
-                    await self._send()
-                    continue
+                try:
+                    if await self._connect():
+                        attempt = 0
+                        await self._send()
+                        continue
+                except Exception as e:  # a bug or a library surprise: log it, reconnect
+                    self.connected = False
+                    _log.error("uplink_error", error=f"{type(e).__name__}: {e}")
                 attempt += 1
                 cap = min(self.settings.backoff.cap, self.settings.backoff.base * 2.0**attempt)
                 await self._sleep(random.uniform(self.settings.backoff.base / 2, cap))
@@ -247,7 +251,10 @@ class Uplink:
                     payload = wire.mark_replay(payload)
                 info = client.publish(topic, payload, qos=self.settings.qos)
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                    break  # the connection is going; on_disconnect will say so
+                    # paho saw the connection go before its callback reached us: stop
+                    # here, or this loop would retry without ever yielding to that callback.
+                    self.connected = False
+                    break
                 inflight[info.mid] = following
                 order.append((info.mid, following))
                 position = following
@@ -266,6 +273,8 @@ class Uplink:
                 self.buffer.release(released)
             if self._stopping and not self.buffer.pending_bytes:
                 return
+            if not self.connected:
+                break
             more = len(inflight) < self.settings.inflight and position < self.buffer.end
             if not (self._acks or more):
                 await self._wake.wait()
