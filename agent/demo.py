@@ -39,9 +39,13 @@ def mosquitto_binary() -> str | None:
 class Mosquitto:
     """A mosquitto of our own in `directory`, on a free port; stop and start it at will."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(
+        self, directory: Path, port: int | None = None, *, anonymous: bool = True, extra: str = ""
+    ) -> None:
         self.directory = directory
         self.port = port or free_port()
+        self.anonymous = anonymous
+        self.extra = extra  # more mosquitto.conf lines: a TLS listener, a password_file
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Mosquitto:
@@ -54,12 +58,13 @@ class Mosquitto:
         # who cannot write here: stay who we are.
         config.write_text(
             f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            f"allow_anonymous {'true' if self.anonymous else 'false'}\n"
             "persistence true\n"
             f"persistence_location {self.directory}/\n"
             "autosave_interval 1\n"
             "max_queued_messages 0\n"  # queue all a sleeping subscriber misses, not 1000
             f"user {getpass.getuser()}\n"
+            f"{self.extra}"
         )
         self.process = subprocess.Popen(
             [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
