@@ -259,7 +259,10 @@ class Buffer:
     def _disk_short(self, wanted: int) -> bool:
         if self.stats.appended % 256:  # statvfs is a system call: ask now and then
             return False
-        return shutil.disk_usage(self.directory).free < self.reserve_bytes + wanted
+        # Segments already dropped are deleted at the next commit: count them as free.
+        freeable = sum(path.stat().st_size for path in self._obsolete if path.exists())
+        free = shutil.disk_usage(self.directory).free + freeable
+        return free < self.reserve_bytes + wanted
 
     def _read_cursor(self) -> tuple[int, bytes]:
         try:

@@ -105,8 +105,16 @@ class Mqtt:
     topic_prefix: Annotated[
         str, Match(r"[A-Za-z0-9_/-]+", "made of letters, digits, '_', '-', '/'")
     ] = "edge"
+    brokers: Annotated[
+        list[Annotated[str, Match(r"[^\s:]+:[0-9]+", "of the form host:port")]],
+        "more brokers to fail over to, in order, after host:port",
+    ] = field(default_factory=list)
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
     qos: Literal[0, 1] = 1
-    keepalive: Annotated[int, Bounds(ge=5, le=3600), "seconds between pings"] = 30
+    keepalive: Annotated[int, Bounds(ge=1, le=3600), "seconds between pings"] = 30
+    message_expiry: Annotated[
+        int, Bounds(ge=1), "MQTT 5: seconds a broker keeps a message for an absent consumer"
+    ] = 30 * 86400
     username: str | None = None
     password_env: Annotated[str | None, "environment variable holding the password"] = None
     password_file: Annotated[Path | None, "file holding the password"] = None
@@ -118,6 +126,8 @@ class Mqtt:
     def __post_init__(self) -> None:
         if self.password_env and self.password_file:
             raise Invalid("password_env", "expected password_env or password_file, got both")
+        if (self.password_env or self.password_file) and self.username is None:
+            raise Invalid("username", "expected a username to go with the password, got none")
 
 
 @dataclass(frozen=True)

@@ -20,20 +20,25 @@ import os
 import random
 import ssl
 import struct
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from agent import __version__, log, wire
 from agent.buffer import Buffer
 from agent.config import BufferSettings, Mqtt
 from agent.records import Aggregate, Reading
+from agent.resilience import BreakerState, CircuitBreaker
 
 _log = log.get("agent.uplink")
 _TOPIC = struct.Struct("<H")  # a buffered record is: topic length, topic, payload
+STABLE = 5.0  # seconds a connection must last to count as a success for the backoff
 
 
 class Uplink:
@@ -61,19 +66,37 @@ class Uplink:
         self.acknowledged = 0
         self.reconnects = 0
         self.connected = False
+        self.broker = (settings.host, settings.port)  # the one connected to, or the first
         self._uncommitted = 0
         self._wake = asyncio.Event()
         self._stopping = False
         self._problem = ""  # the last connection problem logged, to log each change once
         self._client: mqtt.Client | None = None
         self._acks: list[int] = []  # message ids the broker acknowledged, not yet processed
+        # Consecutive failed rounds of connection attempts open it; probes then follow after a
+        # cool-down growing from backoff.base to backoff.cap. Closed again once connected.
+        self.breaker = CircuitBreaker(
+            failures=3, cooldown=settings.backoff.base, max_cooldown=settings.backoff.cap
+        )
+        self.addresses = [(settings.host, settings.port)] + [
+            (host, int(port)) for host, _, port in (b.rpartition(":") for b in settings.brokers)
+        ]
+        self._properties: Properties | None = None
+        if settings.protocol == "5":
+            self._properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            self._properties.ContentType = f"application/{settings.payload}"
+            self._properties.MessageExpiryInterval = settings.message_expiry
 
     # -- the buffer side: called by the agent ----------------------------------------------
 
     def open(self) -> dict[str, int]:
         """Open the buffer; returns the last sequence number of each channel, to continue from."""
         self.buffer.open()
-        state = json.loads(self.buffer.meta) if self.buffer.meta else {}
+        try:
+            state = json.loads(self.buffer.meta) if self.buffer.meta else {}
+        except ValueError:
+            _log.warning("buffer_state_corrupt", detail="sequence numbers are rebuilt from the log")
+            state = {}
         self.seqs = {str(k): int(v) for k, v in state.get("seq", {}).items()}
         # Records appended after the last commit carry newer sequence numbers than the state.
         for _, _, record in self.buffer.read(int(state.get("end", 0)), limit=1 << 62):
@@ -108,19 +131,32 @@ class Uplink:
         """Connect, send, reconnect, until `stop()`; then the agent calls `close()`."""
         committer = asyncio.create_task(self._commit_periodically())
         try:
-            attempt = 0
             while not self._stopping:
+                if not self.breaker.allow():
+                    await self._sleep(self.breaker.reopen_at - time.monotonic())
+                    continue
                 try:
-                    if await self._connect():
-                        attempt = 0
+                    if await self._connect_any():
+                        self.breaker.success()
+                        connected_at = time.monotonic()
                         await self._send()
-                        continue
+                        if time.monotonic() - connected_at > STABLE:
+                            continue
+                        # Dropped at once, again and again: another client with our id, or
+                        # a broker that takes us and then refuses us. Back off as for a failure.
+                        self._trouble("the broker closed the connection right after accepting it")
                 except Exception as e:  # a bug or a library surprise: log it, reconnect
                     self.connected = False
                     _log.error("uplink_error", error=f"{type(e).__name__}: {e}")
-                attempt += 1
-                cap = min(self.settings.backoff.cap, self.settings.backoff.base * 2.0**attempt)
-                await self._sleep(random.uniform(self.settings.backoff.base / 2, cap))
+                    await self._drop_client()
+                self.breaker.failure()
+                if self.breaker.state is BreakerState.OPEN:
+                    if self.breaker.trips == 1:
+                        retry = round(self.breaker.reopen_at - time.monotonic(), 3)
+                        _log.warning("uplink_breaker_open", retry_in=retry)
+                    continue
+                backoff = self.settings.backoff
+                await self._sleep(jittered(backoff.base, backoff.cap, self.breaker.failures))
         finally:
             committer.cancel()
 
@@ -164,6 +200,7 @@ class Uplink:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"edge-agent-{self.device}",
+            protocol=mqtt.MQTTv5 if self.settings.protocol == "5" else mqtt.MQTTv311,
             reconnect_on_failure=False,  # our loop reconnects, with jitter
         )
         client.max_inflight_messages_set(self.settings.inflight)
@@ -182,13 +219,30 @@ class Uplink:
     def _status(self, state: str) -> bytes:
         status: dict[str, Any] = {"state": state, "version": __version__, "device": self.device}
         if state == "online":
-            status |= {"sensors": self.sensors, "dropped": self.buffer.stats.dropped}
+            status |= {
+                "sensors": self.sensors,
+                "dropped": self.buffer.stats.dropped,
+                "breaker": self.breaker.state.value,
+                "broker": f"{self.broker[0]}:{self.broker[1]}",
+            }
         return json.dumps(status).encode()
 
-    async def _connect(self) -> bool:
-        self._client = client = self._new_client()
+    async def _connect_any(self) -> bool:
+        """Try each broker in order; True once one of them took us."""
+        for host, port in self.addresses:
+            if self._stopping:
+                return False
+            if await self._connect(host, port):
+                return True
+        return False
+
+    async def _connect(self, host: str, port: int) -> bool:
+        try:
+            self._client = client = self._new_client()
+        except (OSError, ValueError, ssl.SSLError) as e:  # a CA or password file we cannot use
+            self._trouble(f"cannot set up the connection: {e}")
+            return False
         self._connack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        host, port = self.settings.host, self.settings.port
         try:
             await asyncio.to_thread(client.connect, host, port, self.settings.keepalive)
         except (OSError, ssl.SSLError) as e:
@@ -206,11 +260,18 @@ class Uplink:
             await asyncio.to_thread(client.loop_stop)
             return False
         self.connected = True
+        self.broker = (host, port)
         self.reconnects += 1
         self._problem = ""
         _log.info("connected", broker=f"{host}:{port}", backlog=self.buffer.pending_bytes)
         client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
         return True
+
+    async def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.disconnect()
+            await asyncio.to_thread(client.loop_stop)
 
     def _trouble(self, problem: str) -> None:
         if problem != self._problem:
@@ -249,7 +310,9 @@ class Uplink:
                 topic, payload = _split(record)
                 if start < replay_until:
                     payload = wire.mark_replay(payload)
-                info = client.publish(topic, payload, qos=self.settings.qos)
+                info = client.publish(
+                    topic, payload, qos=self.settings.qos, properties=self._properties
+                )
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:
                     # paho saw the connection go before its callback reached us: stop
                     # here, or this loop would retry without ever yielding to that callback.
@@ -281,6 +344,12 @@ class Uplink:
         await asyncio.to_thread(client.loop_stop)
 
 
+def jittered(base: float, cap: float, failures: int) -> float:
+    """Full jitter between `base` and an exponential ceiling (capped, however long the outage)."""
+    ceiling = min(cap, base * 2.0 ** min(failures, 64))
+    return random.uniform(base, max(base, ceiling))
+
+
 def secure(client: mqtt.Client, settings: Mqtt) -> None:
     """Credentials and TLS for a client, as the config says. The password is read now, from
     the environment or a file, and is never logged."""
@@ -288,6 +357,8 @@ def secure(client: mqtt.Client, settings: Mqtt) -> None:
         password = None
         if settings.password_env:
             password = os.environ.get(settings.password_env)
+            if password is None:
+                raise ValueError(f"the environment variable {settings.password_env} is not set")
         elif settings.password_file:
             password = settings.password_file.read_text().strip()
         client.username_pw_set(settings.username, password)

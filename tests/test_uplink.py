@@ -302,3 +302,17 @@ async def test_a_publish_refused_by_a_dying_connection_does_not_freeze_the_loop(
     uplink.stop()
     await asyncio.wait_for(uplink.close(drain_timeout=0.5), 5)
     task.cancel()
+
+
+def test_two_agents_with_one_device_id_do_not_fight_in_a_tight_loop(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """Regression: the broker drops one client when another takes its id; both reconnected at
+    once, about 40 times a second, because a connection that worked reset the backoff."""
+    agents = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        agents.append(start_agent(write_config(tmp_path / name, broker.port)))
+    time.sleep(4.0)
+    connections = [stop_agent(agent).count('"event": "connected"') for agent in agents]
+    assert all(n < 30 for n in connections), connections
