@@ -1,9 +1,9 @@
 """The durable offline buffer: an append-only log of records awaiting the broker's acknowledgement.
 
-Why a segment log and not SQLite (measured on this project's 2-core machine, 90-byte records in
-batches of 50, fsync per batch): the log took 151,000 appends/s and wrote 262 bytes to disk per
-record; SQLite in WAL mode took 115,000 appends/s and wrote 1,264 bytes per record. On an SD card
-the bytes written decide its life.
+Why a segment log and not SQLite (bench/buffer_choice.py on this project's 2-core machine:
+90-byte records in batches of 50, an fsync per batch, acknowledged a batch at a time): SQLite in
+WAL mode wrote 1,267 bytes to disk per record, the log 264. Both far outpace an agent's needs
+(110,000 and 71,000 records/s); on an SD card the bytes written decide its life.
 
 Layout under the buffer directory:
 
