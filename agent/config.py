@@ -120,6 +120,12 @@ class Mqtt:
     password_file: Annotated[Path | None, "file holding the password"] = None
     payload: Literal["msgpack", "json"] = "msgpack"
     inflight: Annotated[int, Bounds(ge=1, le=1000), "messages awaiting PUBACK at once"] = 64
+    batch: Annotated[
+        int, Bounds(ge=1, le=1000), "records per message, on {prefix}/{device}/batch (1: none)"
+    ] = 1
+    batch_wait: Annotated[
+        float, Bounds(ge=0, le=60), "seconds a short batch waits for more records"
+    ] = 1.0
     backoff: Backoff = field(default_factory=Backoff)
     tls: Tls | None = None
 

@@ -43,22 +43,26 @@ def tail(
             print(f"edge-agent: the broker refused the connection: {reason}", file=sys.stderr)
             done.set()
             return
-        client.subscribe([(f"{base}/agg", 1), (f"{base}/event", 1)])
+        batches = f"{settings.topic_prefix}/{config.agent.device_id}/batch"
+        client.subscribe([(f"{base}/agg", 1), (f"{base}/event", 1), (batches, 1)])
 
     def on_message(client: mqtt.Client, userdata: Any, message: Any) -> None:
         nonlocal received
         try:
-            fields = wire.decode(message.payload)
+            records = wire.split(message.payload)
         except ValueError:
             print(f"{message.topic}: undecodable payload of {len(message.payload)} bytes", file=out)
             return
-        if as_json:
-            print(json.dumps(fields, ensure_ascii=False), file=out, flush=True)
-        else:
-            console.write(_record(fields))
-        received += 1
-        if count is not None and received >= count:
-            done.set()
+        for fields in records:
+            if sensor is not None and fields.get("sensor") != sensor:
+                continue  # a batch carries every sensor's records
+            if as_json:
+                print(json.dumps(fields, ensure_ascii=False), file=out, flush=True)
+            else:
+                console.write(_record(fields))
+            received += 1
+            if count is not None and received >= count:
+                done.set()
 
     client = mqtt.Client(CallbackAPIVersion.VERSION2)
     secure(client, settings)

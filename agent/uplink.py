@@ -73,6 +73,7 @@ class Uplink:
         self._problem = ""  # the last connection problem logged, to log each change once
         self._client: mqtt.Client | None = None
         self._acks: list[int] = []  # message ids the broker acknowledged, not yet processed
+        self._batch_since: float | None = None  # when a short batch began to wait
         # Consecutive failed rounds of connection attempts open it; probes then follow after a
         # cool-down growing from backoff.base to backoff.cap. Closed again once connected.
         self.breaker = CircuitBreaker(
@@ -304,12 +305,11 @@ class Uplink:
         inflight: dict[int, int] = {}  # message id -> position of the record after it
         order: deque[tuple[int, int]] = deque()  # (message id, next position), in send order
         done: set[int] = set()
+        held: float | None = None  # seconds a short batch may still wait for more records
         while self.connected:
             room = self.settings.inflight - len(inflight)
-            for start, following, record in self.buffer.read(position, room) if room else ():
-                topic, payload = _split(record)
-                if start < replay_until:
-                    payload = wire.mark_replay(payload)
+            messages, held = self._outgoing(position, room, replay_until) if room else ([], None)
+            for topic, payload, following in messages:
                 info = client.publish(
                     topic, payload, qos=self.settings.qos, properties=self._properties
                 )
@@ -339,9 +339,43 @@ class Uplink:
             if not self.connected:
                 break
             more = len(inflight) < self.settings.inflight and position < self.buffer.end
-            if not (self._acks or more):
+            if held is not None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(held):
+                        await self._wake.wait()
+            elif not (self._acks or more):
                 await self._wake.wait()
         await asyncio.to_thread(client.loop_stop)
+
+    def _outgoing(
+        self, position: int, room: int, replay_until: int
+    ) -> tuple[list[tuple[str, bytes, int]], float | None]:
+        """Up to `room` messages from `position` on, as (topic, payload, position after them).
+
+        With batching, a message carries `batch` records; a shorter batch is held back for up
+        to `batch_wait` seconds, the time it may still wait is returned beside the messages.
+        """
+        size = self.settings.batch
+        records = list(self.buffer.read(position, room * size))
+        messages: list[tuple[str, bytes, int]] = []
+        for i in range(0, len(records), size):
+            group = records[i : i + size]
+            if len(group) < size and not self._stopping:
+                now = time.monotonic()
+                if self._batch_since is None:
+                    self._batch_since = now
+                left = self._batch_since + self.settings.batch_wait - now
+                if left > 0:
+                    return messages, left
+            self._batch_since = None
+            parts = []
+            for start, _, record in group:
+                topic, payload = _split(record)
+                parts.append(wire.mark_replay(payload) if start < replay_until else payload)
+            if size > 1:
+                topic, payload = f"{self.base_topic}/batch", wire.join(parts)
+            messages.append((topic, payload, group[-1][1]))
+        return messages, None
 
 
 def jittered(base: float, cap: float, failures: int) -> float:

@@ -67,3 +67,18 @@ def decode(payload: bytes) -> dict[str, Any]:
     else:
         result = msgpack.unpackb(payload, raw=False)
     return result
+
+
+def join(payloads: list[bytes]) -> bytes:
+    """Several encoded records as one batch message: an array of the same maps, not re-encoded."""
+    if payloads[0].startswith(b"{"):
+        return b"[" + b",".join(payloads) + b"]"
+    count = len(payloads)
+    header = bytes([0x90 | count]) if count < 16 else b"\xdc" + count.to_bytes(2, "big")
+    return header + b"".join(payloads)
+
+
+def split(payload: bytes) -> list[dict[str, Any]]:
+    """The records of a message, batch or single."""
+    decoded = json.loads(payload) if payload[:1] in (b"{", b"[") else msgpack.unpackb(payload)
+    return decoded if isinstance(decoded, list) else [decoded]

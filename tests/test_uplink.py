@@ -316,3 +316,35 @@ def test_two_agents_with_one_device_id_do_not_fight_in_a_tight_loop(
     time.sleep(4.0)
     connections = [stop_agent(agent).count('"event": "connected"') for agent in agents]
     assert all(n < 30 for n in connections), connections
+
+
+def test_batches_carry_several_records_and_lose_none(tmp_path: Path, broker: Mosquitto) -> None:
+    config = event_config(tmp_path, broker.port)
+    config.write_text(
+        config.read_text().replace("[buffer]", "batch = 20\nbatch_wait = 0.2\n\n[buffer]")
+    )
+    batches: list[list[dict[str, Any]]] = []
+    lock = threading.Lock()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2)
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe("edge/pi/batch", qos=1)
+
+    def on_message(c: Any, u: Any, message: Any) -> None:
+        with lock:
+            batches.append(msgpack.unpackb(message.payload))
+
+    client.on_message = on_message
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    time.sleep(0.3)
+    agent = start_agent(config)
+    time.sleep(2.0)
+    logs = stop_agent(agent)
+    time.sleep(0.3)
+    client.loop_stop()
+    made = counters(logs, "sensor_counters")["readings"]
+    with lock:
+        items = [item for batch in batches for item in batch]
+    assert all(1 <= len(batch) <= 20 for batch in batches)
+    assert sum(len(batch) == 20 for batch in batches) >= len(batches) - 2  # full but the last
+    assert sorted(item["value"] for item in items) == [float(n) for n in range(made)]
+    assert all(item["kind"] == "event" and item["device"] == "pi" for item in items)
