@@ -374,6 +374,8 @@ class Uplink:
                 parts.append(wire.mark_replay(payload) if start < replay_until else payload)
             if size > 1:
                 topic, payload = f"{self.base_topic}/batch", wire.join(parts)
+            else:
+                payload = parts[0]
             messages.append((topic, payload, group[-1][1]))
         return messages, None
 
