@@ -141,7 +141,7 @@ class Uplink:
                         self.breaker.success()
                         connected_at = time.monotonic()
                         await self._send()
-                        if time.monotonic() - connected_at > STABLE:
+                        if self._stopping or time.monotonic() - connected_at > STABLE:
                             continue
                         # Dropped at once, again and again: another client with our id, or
                         # a broker that takes us and then refuses us. Back off as for a failure.
@@ -246,7 +246,10 @@ class Uplink:
         self._connack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         try:
             await asyncio.to_thread(client.connect, host, port, self.settings.keepalive)
-        except (OSError, ssl.SSLError) as e:
+        except ssl.SSLError as e:  # reached, but the handshake failed: say so, not "cannot reach"
+            self._trouble(f"TLS with {host}:{port} failed: {e}")
+            return False
+        except OSError as e:
             self._trouble(f"cannot reach {host}:{port}: {e}")
             return False
         client.loop_start()
