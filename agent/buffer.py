@@ -13,8 +13,8 @@ Layout under the buffer directory:
 - Corrupt bytes found at start (a power cut mid-write, a bad sector) are covered in place by a
   padding frame, so every intact record keeps its position; a torn tail is cut off. A copy of
   the segment as found goes to `quarantine/` (the last few are kept).
-- `cursor`: the position before which every record has been acknowledged, followed by the
-  owner's own state (`meta`: the uplink keeps its sequence numbers there), rewritten atomically
+- `cursor`: a CRC-32, then the position before which every record has been acknowledged,
+  then the owner's own state (`meta`: the uplink keeps its sequence numbers there), rewritten atomically
   at each commit. Segments that were acknowledged or dropped are deleted only after that write,
   so the state on disk is never older than what was deleted.
 
@@ -171,8 +171,9 @@ class Buffer:
             os.fsync(self._fd)
         if (self.cursor, self.meta) != self._committed:
             tmp = self.directory / "cursor.tmp"
+            state = struct.pack("<Q", self.cursor) + self.meta
             with tmp.open("wb") as f:
-                f.write(struct.pack("<Q", self.cursor) + self.meta)
+                f.write(struct.pack("<I", zlib.crc32(state)) + state)
                 f.flush()
                 os.fsync(f.fileno())
             tmp.replace(self.directory / "cursor")
@@ -269,11 +270,12 @@ class Buffer:
             data = (self.directory / "cursor").read_bytes()
         except FileNotFoundError:
             return 0, b""
-        if len(data) < 8:
-            _log.warning("buffer_cursor_corrupt", detail="starting from the oldest record")
+        # A bad cursor must not skip records: start again from the oldest (duplicates, no loss).
+        if len(data) < 12 or struct.unpack_from("<I", data)[0] != zlib.crc32(data[4:]):
+            _log.warning("buffer_cursor_corrupt", detail="resending from the oldest record")
             return 0, b""
-        cursor: int = struct.unpack_from("<Q", data)[0]
-        return cursor, data[8:]
+        cursor: int = struct.unpack_from("<Q", data, 4)[0]
+        return cursor, data[12:]
 
     def _recover(self, path: Path, base: int) -> Segment:
         """Check every frame of a segment; pad over corrupt bytes and cut a torn tail."""

@@ -154,3 +154,18 @@ def test_the_owners_state_is_saved_with_the_cursor(tmp_path: Path) -> None:
         buffer.commit(b'{"seq": {"air": 41}}')
     with Buffer(tmp_path) as buffer:
         assert buffer.meta == b'{"seq": {"air": 41}}'
+
+
+def test_a_corrupt_cursor_resends_everything_rather_than_skip_anything(tmp_path: Path) -> None:
+    with Buffer(tmp_path) as buffer:
+        for n in range(5):
+            buffer.append(payload(n))
+        buffer.release(next(iter(buffer.read(0, limit=1)))[1])
+        buffer.commit(b"state")
+    cursor = tmp_path / "cursor"
+    data = bytearray(cursor.read_bytes())
+    data[6] ^= 0xFF  # a flipped bit in the position: without a check it could skip records
+    cursor.write_bytes(bytes(data))
+    with Buffer(tmp_path) as buffer:
+        assert contents(buffer) == [payload(n) for n in range(5)]  # 0 again: a duplicate
+        assert buffer.meta == b""

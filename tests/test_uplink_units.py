@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,8 @@ def test_a_corrupt_state_next_to_the_cursor_does_not_stop_the_start(tmp_path: Pa
     """Regression: json.loads on the saved state raised, and the agent would not start."""
     config = mqtt_config(tmp_path)
     (tmp_path / "buffer").mkdir()
-    (tmp_path / "buffer" / "cursor").write_bytes(struct.pack("<Q", 0) + b'{"seq": {"x"')
+    state = struct.pack("<Q", 0) + b'{"seq": {"x"'  # the cursor is sound, the state is not
+    (tmp_path / "buffer" / "cursor").write_bytes(struct.pack("<I", zlib.crc32(state)) + state)
     uplink = Uplink(config.mqtt, config.buffer, device="pi", data_dir=tmp_path, sensors=[])  # type: ignore[attr-defined]
     assert uplink.open() == {}
     uplink.buffer.close()
