@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_SECONDS ?= 0
 
-.PHONY: demo test lint typecheck pytest clean mosquitto
+.PHONY: demo test lint typecheck pytest clean mosquitto bench
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "edge-agent needs Python 3.11 or newer; found " + sys.version.split()[0])'
@@ -33,14 +33,18 @@ mosquitto:
 	    fi; }
 
 lint: $(STAMP)
-	$(BIN)/ruff check agent drivers tests
-	$(BIN)/ruff format --check agent drivers tests
+	$(BIN)/ruff check agent drivers tests bench
+	$(BIN)/ruff format --check agent drivers tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q
+
+bench: $(STAMP) mosquitto
+	$(BIN)/python bench/buffer_choice.py
+	$(BIN)/python bench/drain.py
 
 clean:
 	rm -rf $(VENV) .edge-agent .pytest_cache .mypy_cache .ruff_cache

@@ -14,9 +14,9 @@ Layout under the buffer directory:
   padding frame, so every intact record keeps its position; a torn tail is cut off. A copy of
   the segment as found goes to `quarantine/` (the last few are kept).
 - `cursor`: a CRC-32, then the position before which every record has been acknowledged,
-  then the owner's own state (`meta`: the uplink keeps its sequence numbers there), rewritten atomically
-  at each commit. Segments that were acknowledged or dropped are deleted only after that write,
-  so the state on disk is never older than what was deleted.
+  then the owner's own state (`meta`: the uplink keeps its sequence numbers there), rewritten
+  atomically at each commit. Segments that were acknowledged or dropped are deleted only after
+  that write, so the state on disk is never older than what was deleted.
 
 A position is a byte offset in the whole log; it names a record for `read()` and `release()`.
 
