@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--log-json", action="store_true", help="JSON log lines even on a terminal")
     run.add_argument("--broker", metavar="HOST:PORT", help="use this MQTT broker instead")
 
-    tail = commands.add_parser("tail", help="print the aggregates arriving at the broker")
+    tail = commands.add_parser("tail", help="print the records arriving at the broker")
     tail.add_argument("-c", "--config", type=Path, required=True)
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
     tail.add_argument("--count", type=int, help="exit after this many records")
@@ -76,7 +76,7 @@ def _load(path: Path, broker: str | None = None):  # type: ignore[no-untyped-def
 
 
 def _tail(args: argparse.Namespace) -> int:
-    from agent.tail import tail
+    from agent.tail import Tail
 
     config = _load(args.config, args.broker)
     if config is None:
@@ -84,9 +84,8 @@ def _tail(args: argparse.Namespace) -> int:
     if config.mqtt is None:
         print(f"{args.config}: mqtt: expected an [mqtt] table to tail, got none", file=sys.stderr)
         return EXIT_CONFIG
-    return tail(
-        config, as_json=args.json, count=args.count, sensor=args.sensor, timeout=args.timeout
-    )
+    watcher = Tail(config, as_json=args.json, count=args.count, sensor=args.sensor)
+    return watcher.run(timeout=args.timeout)
 
 
 def _check(path: Path) -> int:

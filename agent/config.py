@@ -106,7 +106,11 @@ class Mqtt:
         str, Match(r"[A-Za-z0-9_/-]+", "made of letters, digits, '_', '-', '/'")
     ] = "edge"
     brokers: Annotated[
-        list[Annotated[str, Match(r"[^\s:]+:[0-9]+", "of the form host:port")]],
+        list[
+            Annotated[
+                str, Match(r"(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):[0-9]+", "of the form host:port")
+            ]
+        ],
         "more brokers to fail over to, in order, after host:port",
     ] = field(default_factory=list)
     protocol: Literal["3.1.1", "5"] = "3.1.1"
@@ -132,6 +136,9 @@ class Mqtt:
     def __post_init__(self) -> None:
         if self.password_env and self.password_file:
             raise Invalid("password_env", "expected password_env or password_file, got both")
+        for broker in self.brokers:
+            if not 1 <= int(broker.rpartition(":")[2]) <= 65535:
+                raise Invalid("brokers", f'expected ports from 1 to 65535, got "{broker}"')
         if (self.password_env or self.password_file) and self.username is None:
             raise Invalid("username", "expected a username to go with the password, got none")
 

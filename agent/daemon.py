@@ -68,6 +68,7 @@ class Agent:
         self.sink_errors = 0
         self.stage_errors = 0
         self._sink_failures = [log.Burst() for _ in self.sinks]
+        self._buffer_failures = log.Burst()
         self._stopping = False
         started = clock.time()
         breaker = config.agent.breaker
@@ -199,7 +200,11 @@ class Agent:
                 self.uplink.write(record)
             except OSError as e:  # the buffer's disk failed: count it like a sink's
                 self.sink_errors += 1
-                _log.error("buffer_write_failed", error=str(e))
+                if self._buffer_failures.fail():
+                    _log.error("buffer_write_failed", error=str(e))
+            else:
+                if self._buffer_failures.failures:
+                    _log.info("buffer_write_recovered", failures=self._buffer_failures.end())
         for sink, failures in zip(self.sinks, self._sink_failures, strict=True):
             try:
                 sink.write(record)

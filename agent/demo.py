@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from agent.config import Mqtt, load
-from agent.tail import tail
+from agent.tail import Tail
 
 
 def free_port() -> int:
@@ -110,21 +110,21 @@ def main() -> int:
                 config,
                 mqtt=dataclasses.replace(config.mqtt or Mqtt(), host="127.0.0.1", port=broker.port),
             )
-            stop = threading.Event()
-            watcher = threading.Thread(target=tail, args=(config,), kwargs={"stop": stop})
-            watcher.start()
+            watcher = Tail(config)
+            thread = threading.Thread(target=watcher.run)
+            thread.start()
             try:
-                stop.wait(seconds)
+                time.sleep(seconds) if seconds else threading.Event().wait()
             except KeyboardInterrupt:
                 pass
             finally:
                 agent.send_signal(signal.SIGTERM)  # it flushes its open windows, partial
                 agent.wait(30)
                 time.sleep(0.5)  # for the last of them to come through
-                stop.set()
-                watcher.join()
+                watcher.stop()
+                thread.join()
                 broker.stop()
-        print(f"\ndemo: {getattr(tail, 'received', 0)} records arrived through the broker.")
+        print(f"\ndemo: {watcher.received} records arrived through the broker.")
         for line in log_path.read_text().splitlines():
             if '"uplink_counters"' in line:
                 c = json.loads(line)

@@ -6,6 +6,7 @@ How a person checks what the broker really receives, independently of the agent.
 from __future__ import annotations
 
 import json
+import ssl
 import sys
 import threading
 from typing import Any, TextIO
@@ -20,69 +21,97 @@ from agent.sinks import Console
 from agent.uplink import secure
 
 
-def tail(
-    config: Config,
-    *,
-    as_json: bool = False,
-    count: int | None = None,
-    sensor: str | None = None,
-    out: TextIO = sys.stdout,
-    timeout: float | None = None,
-    stop: threading.Event | None = None,
-) -> int:
-    """Print records as they arrive until `count` came (or Ctrl-C, or `timeout`); 0 if all came."""
-    assert config.mqtt is not None
-    settings = config.mqtt
-    base = f"{settings.topic_prefix}/{config.agent.device_id}/{sensor or '+'}"
-    console = Console(stream=out)
-    received = 0
-    done = stop or threading.Event()
+class Tail:
+    """Prints the records (aggregates and events, batched or not) of one device as they arrive."""
 
-    def on_connect(client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        as_json: bool = False,
+        count: int | None = None,
+        sensor: str | None = None,
+        out: TextIO = sys.stdout,
+    ) -> None:
+        assert config.mqtt is not None
+        self.settings = config.mqtt
+        self.device_topic = f"{self.settings.topic_prefix}/{config.agent.device_id}"
+        self.as_json, self.count, self.sensor, self.out = as_json, count, sensor, out
+        self.console = Console(stream=out)
+        self.received = 0
+        self.failed = False
+        self.done = threading.Event()
+
+    def run(self, timeout: float | None = None) -> int:
+        """Until `count` records came, Ctrl-C, `timeout` or `stop()`; 0 if all asked for came."""
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            protocol=mqtt.MQTTv5 if self.settings.protocol == "5" else mqtt.MQTTv311,
+        )
+        try:
+            secure(client, self.settings)
+        except ValueError as e:
+            return self._fail(str(e))
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        addresses = [(self.settings.host, self.settings.port)] + [
+            (host.strip("[]"), int(port))
+            for host, _, port in (b.rpartition(":") for b in self.settings.brokers)
+        ]
+        for host, port in addresses:  # the first broker that answers, in the agent's order
+            try:
+                client.connect(host, port, self.settings.keepalive)
+                break
+            except (OSError, ssl.SSLError) as e:
+                print(f"edge-agent: cannot reach {host}:{port}: {e}", file=sys.stderr)
+        else:
+            return 1
+        client.loop_start()
+        try:
+            self.done.wait(timeout)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        if self.failed:
+            return 1
+        return 0 if self.count is None or self.received >= self.count else 1
+
+    def stop(self) -> None:
+        self.done.set()
+
+    def _fail(self, message: str) -> int:
+        print(f"edge-agent: {message}", file=sys.stderr)
+        self.failed = True
+        self.done.set()
+        return 1
+
+    def _on_connect(self, client: mqtt.Client, u: Any, f: Any, reason: Any, p: Any) -> None:
         if reason.is_failure:
-            print(f"edge-agent: the broker refused the connection: {reason}", file=sys.stderr)
-            done.set()
+            self._fail(f"the broker refused the connection: {reason}")
             return
-        batches = f"{settings.topic_prefix}/{config.agent.device_id}/batch"
-        client.subscribe([(f"{base}/agg", 1), (f"{base}/event", 1), (batches, 1)])
+        sensors = f"{self.device_topic}/{self.sensor or '+'}"
+        batches = f"{self.device_topic}/batch"
+        client.subscribe([(f"{sensors}/agg", 1), (f"{sensors}/event", 1), (batches, 1)])
 
-    def on_message(client: mqtt.Client, userdata: Any, message: Any) -> None:
-        nonlocal received
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: Any) -> None:
         try:
             records = wire.split(message.payload)
         except ValueError:
-            print(f"{message.topic}: undecodable payload of {len(message.payload)} bytes", file=out)
+            size = len(message.payload)
+            print(f"{message.topic}: undecodable payload of {size} bytes", file=self.out)
             return
         for fields in records:
-            if sensor is not None and fields.get("sensor") != sensor:
+            if self.sensor is not None and fields.get("sensor") != self.sensor:
                 continue  # a batch carries every sensor's records
-            if as_json:
-                print(json.dumps(fields, ensure_ascii=False), file=out, flush=True)
+            if self.as_json:
+                print(json.dumps(fields, ensure_ascii=False), file=self.out, flush=True)
             else:
-                console.write(_record(fields))
-            received += 1
-            if count is not None and received >= count:
-                done.set()
-
-    client = mqtt.Client(CallbackAPIVersion.VERSION2)
-    secure(client, settings)
-    client.on_connect = on_connect
-    client.on_message = on_message
-    try:
-        client.connect(settings.host, settings.port, settings.keepalive)
-    except OSError as e:
-        print(f"edge-agent: cannot reach {settings.host}:{settings.port}: {e}", file=sys.stderr)
-        return 1
-    client.loop_start()
-    try:
-        done.wait(timeout)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    tail.received = received  # type: ignore[attr-defined]  # for the demo's summary
-    return 0 if count is None or received >= count else 1
+                self.console.write(_record(fields))
+            self.received += 1
+            if self.count is not None and self.received >= self.count:
+                self.done.set()
 
 
 def _record(fields: dict[str, Any]) -> Aggregate | Reading:

@@ -70,23 +70,29 @@ class Uplink:
         self._uncommitted = 0
         self._wake = asyncio.Event()
         self._stopping = False
-        self._problem = ""  # the last connection problem logged, to log each change once
+        self._problems: dict[str, str] = {}  # last problem logged per broker: log each change once
         self._client: mqtt.Client | None = None
         self._acks: list[int] = []  # message ids the broker acknowledged, not yet processed
         self._batch_since: float | None = None  # when a short batch began to wait
         # Consecutive failed rounds of connection attempts open it; probes then follow after a
         # cool-down growing from backoff.base to backoff.cap. Closed again once connected.
+        # Its cool-down starts where three jittered retries left off, and grows to the cap.
         self.breaker = CircuitBreaker(
-            failures=3, cooldown=settings.backoff.base, max_cooldown=settings.backoff.cap
+            failures=3,
+            cooldown=min(settings.backoff.cap, settings.backoff.base * 8),
+            max_cooldown=settings.backoff.cap,
         )
         self.addresses = [(settings.host, settings.port)] + [
-            (host, int(port)) for host, _, port in (b.rpartition(":") for b in settings.brokers)
+            (host.strip("[]"), int(port))
+            for host, _, port in (b.rpartition(":") for b in settings.brokers)
         ]
-        self._properties: Properties | None = None
+        self._properties: dict[str, Properties | None] = {"msgpack": None, "json": None}
         if settings.protocol == "5":
-            self._properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            self._properties.ContentType = f"application/{settings.payload}"
-            self._properties.MessageExpiryInterval = settings.message_expiry
+            for encoding in self._properties:
+                properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                properties.ContentType = f"application/{encoding}"
+                properties.MessageExpiryInterval = settings.message_expiry
+                self._properties[encoding] = properties
 
     # -- the buffer side: called by the agent ----------------------------------------------
 
@@ -132,6 +138,7 @@ class Uplink:
         """Connect, send, reconnect, until `stop()`; then the agent calls `close()`."""
         committer = asyncio.create_task(self._commit_periodically())
         try:
+            quick_drops = 0  # connections in a row that the broker dropped right after making
             while not self._stopping:
                 if not self.breaker.allow():
                     await self._sleep(self.breaker.reopen_at - time.monotonic())
@@ -142,10 +149,16 @@ class Uplink:
                         connected_at = time.monotonic()
                         await self._send()
                         if self._stopping or time.monotonic() - connected_at > STABLE:
+                            quick_drops = 0
                             continue
-                        # Dropped at once, again and again: another client with our id, or
-                        # a broker that takes us and then refuses us. Back off as for a failure.
-                        self._trouble("the broker closed the connection right after accepting it")
+                        # Dropped at once, again and again: another client with our id, or a
+                        # broker that takes us and then throws us out. Wait longer each time.
+                        quick_drops += 1
+                        where = "{}:{}".format(*self.broker)
+                        self._trouble(where, "closed the connection right after accepting it")
+                        backoff = self.settings.backoff
+                        await self._sleep(jittered(backoff.base, backoff.cap, quick_drops))
+                        continue
                 except Exception as e:  # a bug or a library surprise: log it, reconnect
                     self.connected = False
                     _log.error("uplink_error", error=f"{type(e).__name__}: {e}")
@@ -241,16 +254,16 @@ class Uplink:
         try:
             self._client = client = self._new_client()
         except (OSError, ValueError, ssl.SSLError) as e:  # a CA or password file we cannot use
-            self._trouble(f"cannot set up the connection: {e}")
+            self._trouble(f"{host}:{port}", f"cannot set up the connection: {e}")
             return False
         self._connack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         try:
             await asyncio.to_thread(client.connect, host, port, self.settings.keepalive)
         except ssl.SSLError as e:  # reached, but the handshake failed: say so, not "cannot reach"
-            self._trouble(f"TLS with {host}:{port} failed: {e}")
+            self._trouble(f"{host}:{port}", f"TLS failed: {e}")
             return False
         except OSError as e:
-            self._trouble(f"cannot reach {host}:{port}: {e}")
+            self._trouble(f"{host}:{port}", f"cannot reach it: {e}")
             return False
         client.loop_start()
         try:
@@ -259,14 +272,14 @@ class Uplink:
         except TimeoutError:
             reason = "no answer to CONNECT"
         if reason is not None:
-            self._trouble(f"{host}:{port} refused the connection: {reason}")
+            self._trouble(f"{host}:{port}", f"refused the connection: {reason}")
             client.disconnect()
             await asyncio.to_thread(client.loop_stop)
             return False
         self.connected = True
         self.broker = (host, port)
         self.reconnects += 1
-        self._problem = ""
+        self._problems.pop(f"{host}:{port}", None)
         _log.info("connected", broker=f"{host}:{port}", backlog=self.buffer.pending_bytes)
         client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
         return True
@@ -277,10 +290,10 @@ class Uplink:
             client.disconnect()
             await asyncio.to_thread(client.loop_stop)
 
-    def _trouble(self, problem: str) -> None:
-        if problem != self._problem:
-            _log.warning("broker_unavailable", problem=problem)
-            self._problem = problem
+    def _trouble(self, broker: str, problem: str) -> None:
+        if self._problems.get(broker) != problem:
+            _log.warning("broker_unavailable", broker=broker, problem=problem)
+            self._problems[broker] = problem
 
     def _on_connect(self, reason: Any) -> None:
         if not self._connack.done():
@@ -305,31 +318,30 @@ class Uplink:
         self._acks.clear()
         replay_until = self.buffer.end  # what was waiting before this connection is a replay
         position = self.buffer.cursor
-        inflight: dict[int, int] = {}  # message id -> position of the record after it
+        inflight: dict[int, int] = {}  # message id -> how many records it carries
         order: deque[tuple[int, int]] = deque()  # (message id, next position), in send order
         done: set[int] = set()
         held: float | None = None  # seconds a short batch may still wait for more records
         while self.connected:
             room = self.settings.inflight - len(inflight)
             messages, held = self._outgoing(position, room, replay_until) if room else ([], None)
-            for topic, payload, following in messages:
-                info = client.publish(
-                    topic, payload, qos=self.settings.qos, properties=self._properties
-                )
+            for topic, payload, following, records in messages:
+                properties = self._properties[wire.encoding_of(payload)]
+                info = client.publish(topic, payload, qos=self.settings.qos, properties=properties)
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:
                     # paho saw the connection go before its callback reached us: stop
                     # here, or this loop would retry without ever yielding to that callback.
                     self.connected = False
                     break
-                inflight[info.mid] = following
+                inflight[info.mid] = records
                 order.append((info.mid, following))
                 position = following
-                self.published += 1
+                self.published += records
             self._wake.clear()
             for mid in self._acks:
-                if inflight.pop(mid, None) is not None:
+                if mid in inflight:
                     done.add(mid)
-                    self.acknowledged += 1
+                    self.acknowledged += inflight.pop(mid)
             self._acks.clear()
             released = None
             while order and order[0][0] in done:
@@ -352,15 +364,15 @@ class Uplink:
 
     def _outgoing(
         self, position: int, room: int, replay_until: int
-    ) -> tuple[list[tuple[str, bytes, int]], float | None]:
-        """Up to `room` messages from `position` on, as (topic, payload, position after them).
+    ) -> tuple[list[tuple[str, bytes, int, int]], float | None]:
+        """Up to `room` messages from `position` on: (topic, payload, position after, records).
 
         With batching, a message carries `batch` records; a shorter batch is held back for up
         to `batch_wait` seconds, the time it may still wait is returned beside the messages.
         """
         size = self.settings.batch
         records = list(self.buffer.read(position, room * size))
-        messages: list[tuple[str, bytes, int]] = []
+        messages: list[tuple[str, bytes, int, int]] = []
         for i in range(0, len(records), size):
             group = records[i : i + size]
             if len(group) < size and not self._stopping:
@@ -375,11 +387,12 @@ class Uplink:
             for start, _, record in group:
                 topic, payload = _split(record)
                 parts.append(wire.mark_replay(payload) if start < replay_until else payload)
-            if size > 1:
+            if size > 1:  # one encoding per batch, even if the setting changed with a backlog
+                parts = [wire.convert(part, self.settings.payload) for part in parts]
                 topic, payload = f"{self.base_topic}/batch", wire.join(parts)
             else:
                 payload = parts[0]
-            messages.append((topic, payload, group[-1][1]))
+            messages.append((topic, payload, group[-1][1], len(group)))
         return messages, None
 
 
@@ -403,12 +416,16 @@ def secure(client: mqtt.Client, settings: Mqtt) -> None:
         client.username_pw_set(settings.username, password)
     if settings.tls is not None:
         tls = settings.tls
-        client.tls_set(
-            ca_certs=str(tls.ca_file) if tls.ca_file else None,
-            certfile=str(tls.cert_file) if tls.cert_file else None,
-            keyfile=str(tls.key_file) if tls.key_file else None,
-            cert_reqs=ssl.CERT_NONE if tls.insecure else ssl.CERT_REQUIRED,
-        )
+        files = [str(f) for f in (tls.ca_file, tls.cert_file, tls.key_file) if f is not None]
+        try:
+            client.tls_set(
+                ca_certs=str(tls.ca_file) if tls.ca_file else None,
+                certfile=str(tls.cert_file) if tls.cert_file else None,
+                keyfile=str(tls.key_file) if tls.key_file else None,
+                cert_reqs=ssl.CERT_NONE if tls.insecure else ssl.CERT_REQUIRED,
+            )
+        except (OSError, ssl.SSLError) as e:
+            raise ValueError(f"cannot use the TLS files {', '.join(files)}: {e}") from None
         client.tls_insecure_set(tls.insecure)
 
 

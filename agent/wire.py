@@ -60,6 +60,21 @@ def mark_replay(payload: bytes) -> bytes:
     return payload[:-1] + b"\xc3"  # msgpack true
 
 
+def encoding_of(payload: bytes) -> Encoding:
+    return "json" if payload[:1] in (b"{", b"[") else "msgpack"
+
+
+def convert(payload: bytes, encoding: Encoding) -> bytes:
+    """One record's payload in `encoding` (records buffered before the setting changed)."""
+    if encoding_of(payload) == encoding:
+        return payload
+    fields = decode(payload)
+    if encoding == "json":
+        return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
+    packed: bytes = msgpack.packb(fields, use_bin_type=True)
+    return packed
+
+
 def decode(payload: bytes) -> dict[str, Any]:
     """A payload as a plain dict, whichever encoding it has."""
     if payload.startswith(b"{"):

@@ -348,3 +348,5 @@ def test_batches_carry_several_records_and_lose_none(tmp_path: Path, broker: Mos
     assert sum(len(batch) == 20 for batch in batches) >= len(batches) - 2  # full but the last
     assert sorted(item["value"] for item in items) == [float(n) for n in range(made)]
     assert all(item["kind"] == "event" and item["device"] == "pi" for item in items)
+    uplink = counters(logs, "uplink_counters")  # records, not messages
+    assert uplink["published"] == uplink["acknowledged"] == made

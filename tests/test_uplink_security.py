@@ -323,7 +323,8 @@ def test_a_wrong_password_is_logged_once_retried_gently_and_fixed_by_the_file(
     try:
         warning = check_refused_politely(agent, connections)
         problem = warning["problem"]
-        assert f"127.0.0.1:{broker.port} refused the connection" in problem, problem
+        assert warning["broker"] == f"127.0.0.1:{broker.port}"
+        assert "refused the connection" in problem, problem
         assert "not authori" in problem.lower(), problem
 
         replace(password_file, RIGHT_PASSWORD + "\n")  # the agent reads it at each connect
@@ -360,7 +361,7 @@ def test_a_wrong_ca_is_logged_once_retried_gently_and_fixed_by_the_file(
     try:
         warning = check_refused_politely(agent, connections)
         problem = warning["problem"]
-        assert f"127.0.0.1:{tls_port}" in problem, problem
+        assert warning["broker"] == f"127.0.0.1:{tls_port}"
         assert "certificate verify failed" in problem.lower(), problem
 
         replace(ca_file, pki.ca.read_text())  # read again at the next connect
