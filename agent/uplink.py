@@ -155,7 +155,7 @@ class Uplink:
                         # broker that takes us and then throws us out. Wait longer each time.
                         quick_drops += 1
                         where = "{}:{}".format(*self.broker)
-                        self._trouble(where, "closed the connection right after accepting it")
+                        self._trouble(where, f"the connection ended within {STABLE:g} s")
                         backoff = self.settings.backoff
                         await self._sleep(jittered(backoff.base, backoff.cap, quick_drops))
                         continue
