@@ -29,6 +29,7 @@ again, and the consumer tells them apart by their keys.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import struct
@@ -114,12 +115,9 @@ class Buffer:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.cursor, self.meta = self._read_cursor()
         for path in sorted(self.directory.glob("*.log")):
-            base = int(path.stem)
-            if self.segments and base != self.segments[-1].end:
-                base = self.segments[-1].end  # a gap left by a lost segment: close it up
-                path = path.rename(self.directory / f"{base:020d}.log")
+            base = int(path.stem)  # a gap (a cut tail, a lost segment) stays: positions are names
             segment = self._recover(path, base)
-            if segment.end <= self.cursor and segment.size:
+            if segment.end <= self.cursor and (segment.size or segment.base < self.cursor):
                 path.unlink()  # acknowledged entirely
                 continue
             self.segments.append(segment)
@@ -156,7 +154,10 @@ class Buffer:
         if segment.size and segment.size + len(frame) > self.segment_bytes:
             segment = self._roll()
         assert self._fd is not None, "append() outside `with buffer:`"
-        os.write(self._fd, frame)
+        written = os.write(self._fd, frame)
+        if written != len(frame):  # a full disk: take the torn frame back, refuse the record
+            os.ftruncate(self._fd, segment.size)
+            raise OSError(errno.ENOSPC, f"short write to the buffer ({written} of {len(frame)})")
         position = segment.end
         segment.size += len(frame)
         segment.records += 1
@@ -214,6 +215,7 @@ class Buffer:
                 return
             if position >= segment.end:
                 continue
+            position = max(position, segment.base)  # across a gap
             with segment.path.open("rb") as f:
                 f.seek(position - segment.base)
                 while limit > 0 and position < segment.end:
@@ -237,11 +239,12 @@ class Buffer:
 
     def _roll(self) -> Segment:
         assert self._fd is not None
+        segment = Segment(self.directory / f"{self.end:020d}.log", self.end)
+        fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)  # may fail
         os.fsync(self._fd)  # a finished segment is whole on disk before the next begins
         os.close(self._fd)
-        segment = Segment(self.directory / f"{self.end:020d}.log", self.end)
+        self._fd = fd
         self.segments.append(segment)
-        self._fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         return segment
 
     def _drop_oldest_segment(self) -> bool:
@@ -280,19 +283,24 @@ class Buffer:
     def _recover(self, path: Path, base: int) -> Segment:
         """Check every frame of a segment; pad over corrupt bytes and cut a torn tail."""
         data = path.read_bytes()
-        offset = records = 0
+        offset = records = last = 0  # last: the end of the last record
         holes: list[tuple[int, int]] = []
         while offset < len(data):
             frame = _frame_at(data, offset, padding=True)
             if frame is not None:
                 records += frame[1]
                 offset += frame[0]
+                if frame[1]:
+                    last = offset
                 continue
             following = _next_record(data, offset + 1)
             if following is None or following - offset < HEADER.size:
                 break  # a torn tail, or a hole too small to pad: the segment ends here
             holes.append((offset, following))
             offset = following
+        if offset > last:  # nothing but padding at the end: nothing could ever read past it
+            holes = [(a, b) for a, b in holes if b <= last]
+            offset = last
         if not holes and offset == len(data):
             return Segment(path, base, len(data), records)
         self.stats.corrupt_bytes += sum(b - a for a, b in holes) + len(data) - offset
@@ -303,7 +311,10 @@ class Buffer:
             cut_bytes=len(data) - offset,
             kept_records=records,
         )
-        self._quarantine(path)
+        try:
+            self._quarantine(path)
+        except OSError as e:  # a post-mortem copy is not worth refusing to start over
+            _log.warning("buffer_quarantine_failed", segment=path.name, error=str(e))
         with path.open("r+b") as f:
             for start, stop in holes:
                 f.seek(start)

@@ -103,12 +103,19 @@ class Tail:
             print(f"{message.topic}: undecodable payload of {size} bytes", file=self.out)
             return
         for fields in records:
+            if not isinstance(fields, dict) or not {"kind", "sensor"} <= fields.keys():
+                print(f"{message.topic}: a payload that is not a record", file=self.out)
+                continue
             if self.sensor is not None and fields.get("sensor") != self.sensor:
                 continue  # a batch carries every sensor's records
             if self.as_json:
                 print(json.dumps(fields, ensure_ascii=False), file=self.out, flush=True)
             else:
-                self.console.write(_record(fields))
+                try:
+                    self.console.write(_record(fields))
+                except (KeyError, TypeError, ValueError):
+                    print(f"{message.topic}: a record short of fields", file=self.out)
+                    continue
             self.received += 1
             if self.count is not None and self.received >= self.count:
                 self.done.set()

@@ -74,6 +74,7 @@ class Uplink:
         self._client: mqtt.Client | None = None
         self._acks: list[int] = []  # message ids the broker acknowledged, not yet processed
         self._batch_since: float | None = None  # when a short batch began to wait
+        self._refused = False  # the broker refused a publish on this connection
         # Consecutive failed rounds of connection attempts open it; probes then follow after a
         # cool-down growing from backoff.base to backoff.cap. Closed again once connected.
         # Its cool-down starts where three jittered retries left off, and grows to the cap.
@@ -207,7 +208,10 @@ class Uplink:
     async def _commit_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.commit_interval)
-            self.commit()
+            try:
+                self.commit()
+            except OSError as e:  # a full disk, EIO: try again at the next interval
+                _log.error("buffer_commit_failed", error=str(e))
 
     def _new_client(self) -> mqtt.Client:
         loop = asyncio.get_running_loop()
@@ -227,7 +231,7 @@ class Uplink:
 
         client.on_connect = lambda c, u, flags, rc, props: later(self._on_connect, rc)
         client.on_disconnect = lambda c, u, flags, rc, props: later(self._on_disconnect, rc)
-        client.on_publish = lambda c, u, mid, rc, props: later(self._on_publish, mid)
+        client.on_publish = lambda c, u, mid, rc, props: later(self._on_publish, mid, rc.is_failure)
         return client
 
     def _status(self, state: str) -> bytes:
@@ -307,8 +311,11 @@ class Uplink:
             self._connack.set_result(f"closed ({reason})")
         self._wake.set()
 
-    def _on_publish(self, mid: int) -> None:
-        self._acks.append(mid)
+    def _on_publish(self, mid: int, refused: bool = False) -> None:
+        if refused:
+            self._refused = True  # kept in the buffer; retried on the next connection
+        else:
+            self._acks.append(mid)
         self._wake.set()
 
     async def _send(self) -> None:
@@ -316,6 +323,7 @@ class Uplink:
         client = self._client
         assert client is not None
         self._acks.clear()
+        self._refused = False
         replay_until = self.buffer.end  # what was waiting before this connection is a replay
         position = self.buffer.cursor
         inflight: dict[int, int] = {}  # message id -> how many records it carries
@@ -351,9 +359,15 @@ class Uplink:
                 self.buffer.release(released)
             if self._stopping and not self.buffer.pending_bytes:
                 return
+            if self._refused:
+                _log.error("publish_refused", detail="the broker refused a record; kept, retried")
+                self.connected = False
+                client.disconnect()
             if not self.connected:
                 break
-            more = len(inflight) < self.settings.inflight and position < self.buffer.end
+            # `messages` too: unreadable bytes at the end of the log must not make this spin.
+            more = bool(messages) and len(inflight) < self.settings.inflight
+            more = more and position < self.buffer.end
             if held is not None:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(held):
