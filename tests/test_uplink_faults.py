@@ -1,4 +1,4 @@
-"""Faults around the uplink and its durable buffer, found in review; each test failed before its fix.
+"""Faults around the uplink and its buffer, found in review; each test failed before its fix.
 
 Real mosquitto where a broker is needed; nothing of the agent's own code is mocked. Failures of
 the operating system (a full disk, a short write) are made real with a small tmpfs (root only,
