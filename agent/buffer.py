@@ -79,14 +79,16 @@ class Buffer:
         max_bytes: int = 64 << 20,
         overflow: Overflow = "drop_oldest",
         segment_bytes: int = 1 << 20,
-        reserve_bytes: int = 16 << 20,
+        reserve_bytes: int | None = None,
     ) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
         self.overflow = overflow
         # At least eight segments fit in the limit, so dropping the oldest frees an eighth.
         self.segment_bytes = max(4096, min(segment_bytes, max_bytes // 8))
-        self.reserve_bytes = reserve_bytes  # free disk space the buffer never takes
+        # Free disk the buffer never takes: 5 % of what was free at start (16 MiB at least),
+        # so a long outage cannot fill the SD card the rest of the system lives on.
+        self._reserve = reserve_bytes
         self.stats = BufferStats()
         self._dropping = log.Burst()
         self.segments: list[Segment] = []
@@ -113,6 +115,8 @@ class Buffer:
     def open(self) -> None:
         """Recover the log: check every frame, set aside what is corrupt, keep all the rest."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self._reserve is None:
+            self._reserve = max(16 << 20, shutil.disk_usage(self.directory).free // 20)
         self.cursor, self.meta = self._read_cursor()
         for path in sorted(self.directory.glob("*.log")):
             base = int(path.stem)  # a gap (a cut tail, a lost segment) stays: positions are names
@@ -178,6 +182,7 @@ class Buffer:
                 f.flush()
                 os.fsync(f.fileno())
             tmp.replace(self.directory / "cursor")
+            _fsync_directory(self.directory)  # the rename, and any new segment, on disk too
             self._committed = (self.cursor, self.meta)
         for path in self._obsolete:
             path.unlink(missing_ok=True)
@@ -266,7 +271,7 @@ class Buffer:
         # Segments already dropped are deleted at the next commit: count them as free.
         freeable = sum(path.stat().st_size for path in self._obsolete if path.exists())
         free = shutil.disk_usage(self.directory).free + freeable
-        return free < self.reserve_bytes + wanted
+        return free < (self._reserve or 0) + wanted
 
     def _read_cursor(self) -> tuple[int, bytes]:
         try:
@@ -360,3 +365,11 @@ def _next_record(data: bytes, offset: int) -> int | None:
             return offset
         offset += 1
     return None
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
