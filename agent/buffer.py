@@ -237,6 +237,10 @@ class Buffer:
         if position <= self.cursor:
             return
         self.cursor = min(position, self.end)
+        for segment in self.segments:  # at the end of a segment cut short, step over the gap
+            if segment.end > self.cursor:
+                self.cursor = max(self.cursor, segment.base)
+                break
         while len(self.segments) > 1 and self.segments[0].end <= self.cursor:
             self._obsolete.append(self.segments.pop(0).path)
 

@@ -21,7 +21,6 @@ import random
 import ssl
 import struct
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -319,21 +318,30 @@ class Uplink:
         self._wake.set()
 
     async def _send(self) -> None:
-        """Publish from the buffer's cursor on while connected; release what the broker took."""
+        """Publish while connected: live records as they come, the backlog beside them.
+
+        Both streams go out in log order each, so a sensor's backlog arrives in order and its
+        live values do not wait behind it. The buffer releases records in log order, up to the
+        first one the broker has not acknowledged yet.
+        """
         client = self._client
         assert client is not None
         self._acks.clear()
         self._refused = False
         replay_until = self.buffer.end  # what was waiting before this connection is a replay
-        position = self.buffer.cursor
-        inflight: dict[int, int] = {}  # message id -> how many records it carries
-        order: deque[tuple[int, int]] = deque()  # (message id, next position), in send order
-        done: set[int] = set()
-        held: float | None = None  # seconds a short batch may still wait for more records
+        backlog, live = self.buffer.cursor, replay_until  # where each stream goes on from
+        inflight: dict[int, tuple[int, int, int]] = {}  # message id -> start, end, records
+        acked: dict[int, int] = {}  # start -> end of each acknowledged message, not released
+        held: float | None = None  # seconds a short live batch may still wait for more records
         while self.connected:
             room = self.settings.inflight - len(inflight)
-            messages, held = self._outgoing(position, room, replay_until) if room else ([], None)
-            for topic, payload, following, records in messages:
+            messages: list[tuple[str, bytes, int, int, int]] = []
+            if room:
+                messages, held = self._outgoing(live, room, replay_until, None)
+            if room > len(messages) and backlog < replay_until:
+                older, _ = self._outgoing(backlog, room - len(messages), replay_until, replay_until)
+                messages += older
+            for topic, payload, start, end, records in messages:
                 properties = self._properties[wire.encoding_of(payload)]
                 info = client.publish(topic, payload, qos=self.settings.qos, properties=properties)
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:
@@ -341,22 +349,19 @@ class Uplink:
                     # here, or this loop would retry without ever yielding to that callback.
                     self.connected = False
                     break
-                inflight[info.mid] = records
-                order.append((info.mid, following))
-                position = following
+                inflight[info.mid] = (start, end, records)
+                if start < replay_until:
+                    backlog = end
+                else:
+                    live = end
                 self.published += records
             self._wake.clear()
             for mid in self._acks:
-                if mid in inflight:
-                    done.add(mid)
-                    self.acknowledged += inflight.pop(mid)
+                if (entry := inflight.pop(mid, None)) is not None:
+                    acked[entry[0]] = entry[1]
+                    self.acknowledged += entry[2]
             self._acks.clear()
-            released = None
-            while order and order[0][0] in done:
-                mid, released = order.popleft()
-                done.discard(mid)
-            if released is not None:
-                self.buffer.release(released)
+            self._release(acked)
             if self._stopping and not self.buffer.pending_bytes:
                 return
             if self._refused:
@@ -367,36 +372,50 @@ class Uplink:
                 break
             # `messages` too: unreadable bytes at the end of the log must not make this spin.
             more = bool(messages) and len(inflight) < self.settings.inflight
-            more = more and position < self.buffer.end
-            if held is not None:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(held):
-                        await self._wake.wait()
-            elif not (self._acks or more):
-                await self._wake.wait()
+            if more or self._acks:
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(held):  # None: until woken
+                    await self._wake.wait()
         await asyncio.to_thread(client.loop_stop)
 
-    def _outgoing(
-        self, position: int, room: int, replay_until: int
-    ) -> tuple[list[tuple[str, bytes, int, int]], float | None]:
-        """Up to `room` messages from `position` on: (topic, payload, position after, records).
+    def _release(self, acked: dict[int, int]) -> None:
+        cursor = self.buffer.cursor
+        for start in [s for s in acked if s < cursor]:  # dropped by drop_oldest meanwhile
+            del acked[start]
+        position = cursor
+        while position in acked:
+            position = acked.pop(position)
+        if position != cursor:
+            self.buffer.release(position)
+            if self.buffer.cursor in acked:  # the release skipped a gap between two segments
+                self._release(acked)
 
-        With batching, a message carries `batch` records; a shorter batch is held back for up
-        to `batch_wait` seconds, the time it may still wait is returned beside the messages.
+    def _outgoing(
+        self, position: int, room: int, replay_until: int, stop: int | None
+    ) -> tuple[list[tuple[str, bytes, int, int, int]], float | None]:
+        """Up to `room` messages from `position` on (and before `stop`), as
+        (topic, payload, start, end, records).
+
+        With batching, a message carries `batch` records; a shorter live batch is held back
+        for up to `batch_wait` seconds; the time it may still wait comes back beside them.
         """
         size = self.settings.batch
-        records = list(self.buffer.read(position, room * size))
-        messages: list[tuple[str, bytes, int, int]] = []
+        records = [
+            r for r in self.buffer.read(position, room * size) if stop is None or r[0] < stop
+        ]
+        messages: list[tuple[str, bytes, int, int, int]] = []
         for i in range(0, len(records), size):
             group = records[i : i + size]
-            if len(group) < size and not self._stopping:
+            if len(group) < size and stop is None and not self._stopping:
                 now = time.monotonic()
                 if self._batch_since is None:
                     self._batch_since = now
                 left = self._batch_since + self.settings.batch_wait - now
                 if left > 0:
                     return messages, left
-            self._batch_since = None
+            if stop is None:
+                self._batch_since = None
             parts = []
             for start, _, record in group:
                 topic, payload = _split(record)
@@ -406,7 +425,7 @@ class Uplink:
                 topic, payload = f"{self.base_topic}/batch", wire.join(parts)
             else:
                 payload = parts[0]
-            messages.append((topic, payload, group[-1][1], len(group)))
+            messages.append((topic, payload, group[0][0], group[-1][1], len(group)))
         return messages, None
 
 
@@ -426,7 +445,10 @@ def secure(client: mqtt.Client, settings: Mqtt) -> None:
             if password is None:
                 raise ValueError(f"the environment variable {settings.password_env} is not set")
         elif settings.password_file:
-            password = settings.password_file.read_text().strip()
+            try:
+                password = settings.password_file.read_text().strip()
+            except OSError as e:
+                raise ValueError(f"cannot read password_file {settings.password_file}: {e}") from e
         client.username_pw_set(settings.username, password)
     if settings.tls is not None:
         tls = settings.tls

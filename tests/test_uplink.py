@@ -350,3 +350,46 @@ def test_batches_carry_several_records_and_lose_none(tmp_path: Path, broker: Mos
     assert all(item["kind"] == "event" and item["device"] == "pi" for item in items)
     uplink = counters(logs, "uplink_counters")  # records, not messages
     assert uplink["published"] == uplink["acknowledged"] == made
+
+
+async def test_live_records_do_not_wait_behind_a_backlog(tmp_path: Path, broker: Mosquitto) -> None:
+    from agent.config import parse
+    from agent.records import Aggregate
+    from agent.uplink import Uplink
+
+    config = parse(
+        {
+            "agent": {"device_id": "pi", "data_dir": str(tmp_path / "data")},
+            "sensors": [{"name": "x", "driver": "counter"}],
+            "mqtt": {"host": "127.0.0.1", "port": broker.port, "inflight": 16},
+        },
+        tmp_path / "t.toml",
+    )
+    assert config.mqtt is not None
+    uplink = Uplink(config.mqtt, config.buffer, device="pi", data_dir=tmp_path / "data", sensors=[])
+    uplink.open()
+    stats = {"mean": 1.0}
+    for seq in range(1, 5001):  # a backlog, written while no broker was reachable
+        uplink.write(Aggregate("old", seq * 60.0, seq * 60.0 + 60, 1, stats, "", seq))
+    subscriber = Subscriber(broker.port)
+    time.sleep(0.3)
+    task = asyncio.create_task(uplink.run())
+    for seq in range(1, 21):  # live windows closing while the backlog drains
+        uplink.write(Aggregate("new", seq * 1.0, seq + 1.0, 1, stats, "", seq))
+        await asyncio.sleep(0.005)
+    while uplink.buffer.pending_bytes:
+        await asyncio.sleep(0.01)
+    uplink.stop()
+    await uplink.close()
+    task.cancel()
+    await asyncio.sleep(0.3)
+    subscriber.close()
+    with subscriber.lock:
+        arrivals = [(m["sensor"], m["seq"], m["replay"]) for _, m in subscriber.messages]
+    old = [seq for sensor, seq, _ in arrivals if sensor == "old"]
+    assert sorted(set(old)) == list(range(1, 5001))  # all of the backlog
+    assert old == sorted(old)  # in order
+    assert all(replay for sensor, _, replay in arrivals if sensor == "old")
+    first_live = next(i for i, a in enumerate(arrivals) if a[0] == "new")
+    last_old = max(i for i, a in enumerate(arrivals) if a[0] == "old")
+    assert first_live < last_old  # the live window did not wait for the whole backlog
