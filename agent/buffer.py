@@ -1,9 +1,10 @@
 """The durable offline buffer: an append-only log of records awaiting the broker's acknowledgement.
 
-Why a segment log and not SQLite (bench/buffer_choice.py on this project's 2-core machine:
-90-byte records in batches of 50, an fsync per batch, acknowledged a batch at a time): SQLite in
-WAL mode wrote 1,267 bytes to disk per record, the log 264. Both far outpace an agent's needs
-(110,000 and 71,000 records/s); on an SD card the bytes written decide its life.
+Why a segment log and not SQLite (bench/buffer_choice.py on this project's 2-core machine: one
+real aggregate as buffered, 203 bytes, in batches of 50 with an fsync per batch, acknowledged a
+batch at a time): SQLite in WAL mode wrote 1,736 bytes to disk per record, the log 377 (1.9 ×
+the record). Both far outpace an agent's needs (about 118,000 and 64,000 records/s); on an SD
+card the bytes written decide its life.
 
 Layout under the buffer directory:
 

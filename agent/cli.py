@@ -6,6 +6,7 @@ Imports stay inside the commands so `edge-agent --version` starts in a blink.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,7 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "describe":
-        return _describe(args.name)
+        try:
+            return _describe(args.name)
+        except BrokenPipeError:  # `edge-agent describe | head`: the reader had enough
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # quiet exit flush
+            return 0
     if args.command == "tail":
         return _tail(args)
     return _check(args.config) if args.command == "check" else _run(args)

@@ -1,25 +1,36 @@
 """Why the durable buffer is a segment log and not SQLite: appends/s and bytes written per record.
 
-Both store the same 90-byte records in batches of 50 with one fsync per batch, then delete
-them as acknowledged. Bytes written come from /proc/self/io (what reached the block layer).
+Both store the same records, the bytes the uplink buffers for one real aggregate (topic and
+msgpack payload), in batches of 50 with one fsync per batch, then delete them as acknowledged.
+Bytes written come from /proc/self/io (what reached the block layer).
 Run: .venv/bin/python bench/buffer_choice.py
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from agent import wire
 from agent.buffer import Buffer
+from agent.records import Aggregate
+
+STATS = {"mean": 21.43, "min": 20.9, "max": 22.1, "count": 600.0}
 
 N = 20_000
 BATCH = 50
-PAYLOAD = os.urandom(90)
+TOPIC = b"edge/greenhouse-1/air/agg"
+PAYLOAD = (
+    len(TOPIC).to_bytes(2, "little")
+    + TOPIC
+    + wire.encode(
+        Aggregate("air", 1795900000.0, 1795900060.0, 600, STATS, "°C", 1234), "greenhouse-1"
+    )
+)
 
 
 def written() -> int:

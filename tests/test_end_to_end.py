@@ -19,6 +19,7 @@ CONFIG = """
 [agent]
 device_id = "e2e"
 data_dir = "{data}"
+breaker = {{ failures = 2, cooldown = 0.2, max_cooldown = 1.0 }}
 
 [[sensors]]
 name = "walk"
@@ -135,6 +136,9 @@ def test_a_faulty_sensor_is_counted_and_logged_not_fatal(run: tuple[Path, str]) 
     assert faulty["readings"] > 0  # it recovers between faults
     healthy = [e for e in events if e["event"] == "sensor_counters" and e["sensor"] != "faulty"]
     assert all(e["errors"] == e["timeouts"] == e["invalid"] == 0 for e in healthy)
+    # Isolated: its breaker opened, and polls were skipped while it was open.
+    assert any(e["event"] == "breaker_open" and e["sensor"] == "faulty" for e in events)
+    assert faulty["skipped"] > 0
     # Logged once per burst, not once per failure.
     failures = [e for e in events if e["event"] == "read_failed"]
     assert 0 < len(failures) < faulty["errors"] + faulty["timeouts"]

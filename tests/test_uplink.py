@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -224,12 +225,15 @@ def test_a_full_buffer_drops_the_oldest_counts_exactly_and_drains(
     time.sleep(2.5)  # ~1,250 events into a buffer that holds ~500
     broker.start()
     time.sleep(2.0)
+    status = retained_status(broker.port)  # published on reconnecting, with the drop count
     logs = stop_agent(agent)
     time.sleep(0.5)
     subscriber.close()
     with subscriber.lock:
         values = {m["value"] for _, m in subscriber.messages if m["kind"] == "event"}
     made = counters(logs, "sensor_counters")["readings"]
+    assert status["state"] == "online"
+    assert status["dropped"] > 100
     uplink = counters(logs, "uplink_counters")
     assert uplink["buffer_dropped"] > 100
     assert uplink["buffer_pending_bytes"] == 0  # drained once the broker was back
@@ -238,6 +242,25 @@ def test_a_full_buffer_drops_the_oldest_counts_exactly_and_drains(
     lost = made - len(values)
     assert lost <= uplink["buffer_dropped"] <= lost + 64
     assert max(values) == made - 1  # the newest were kept
+    missing = sorted(set(range(made)) - {int(v) for v in values})
+    assert missing == list(
+        range(missing[0], missing[-1] + 1)
+    )  # one block: the oldest of the outage
+
+
+def retained_status(port: int) -> dict[str, Any]:
+    got: list[dict[str, Any]] = []
+    client = mqtt.Client(CallbackAPIVersion.VERSION2)
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe("edge/pi/status", qos=1)
+    client.on_message = lambda c, u, message: got.append(json.loads(message.payload))
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    deadline = time.monotonic() + 5
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.02)
+    client.loop_stop()
+    assert got, "no retained status"
+    return got[0]
 
 
 def test_a_corrupt_buffer_costs_only_its_bad_records(tmp_path: Path, broker: Mosquitto) -> None:
@@ -393,3 +416,46 @@ async def test_live_records_do_not_wait_behind_a_backlog(tmp_path: Path, broker:
     first_live = next(i for i, a in enumerate(arrivals) if a[0] == "new")
     last_old = max(i for i, a in enumerate(arrivals) if a[0] == "old")
     assert first_live < last_old  # the live window did not wait for the whole backlog
+
+
+def test_a_killed_agent_loses_nothing_it_appended_and_duplicates_carry_their_keys(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """SIGKILL while publishing: what was appended arrives after the restart, and what the
+    broker took after the last commit comes again, recognisable by its key."""
+    from agent import wire
+    from agent.buffer import Buffer
+    from agent.uplink import _split
+
+    config = event_config(tmp_path, broker.port)
+    config.write_text(config.read_text().replace("commit_interval = 0.1", "commit_interval = 1.0"))
+    subscriber = Subscriber(broker.port)
+    agent = start_agent(config)
+    time.sleep(2.0)
+    agent.kill()  # SIGKILL: no flush, no commit, no goodbye
+    agent.wait(5)
+    time.sleep(0.5)
+    with subscriber.lock:
+        before = {(m["sensor"], m["ts"]) for _, m in subscriber.messages if m["kind"] == "event"}
+    with Buffer(tmp_path / "data" / "buffer") as buffer:  # what the dead agent left, unacknowledged
+        left = {
+            (m["sensor"], m["ts"])
+            for _, _, record in buffer.read(0, limit=1_000_000)
+            for m in wire.split(_split(record)[1])
+        }
+    appended = before | left
+    again = start_agent(config)
+    time.sleep(1.5)
+    stop_agent(again)
+    time.sleep(0.3)
+    subscriber.close()
+    with subscriber.lock:
+        events = [m for _, m in subscriber.messages if m["kind"] == "event"]
+    keys = [(m["sensor"], m["ts"]) for m in events]
+    assert appended <= set(keys)  # nothing appended before the kill was lost
+    assert len(appended) > 500
+    duplicates = {k for k, n in Counter(keys).items() if n > 1}
+    assert duplicates  # acknowledged after the last commit: sent again
+    for key in duplicates:  # ...and the same record each time, but for the replay flag
+        copies = [{**m, "replay": None} for m in events if (m["sensor"], m["ts"]) == key]
+        assert all(copy == copies[0] for copy in copies)
