@@ -275,6 +275,10 @@ class Uplink:
         except TimeoutError:
             reason = "no answer to CONNECT"
         if reason is not None:
+            if self.settings.tls is not None and reason.startswith("closed"):
+                # TLS 1.3 finishes the client's side of the handshake before the broker
+                # checks it; a refusal then arrives as a bare close, without the alert.
+                reason += "; over TLS this is often a client certificate the broker requires"
             self._trouble(f"{host}:{port}", f"refused the connection: {reason}")
             client.disconnect()
             await asyncio.to_thread(client.loop_stop)

@@ -4,6 +4,9 @@ Each test runs the agent as a subprocess against a private mosquitto that refuse
 it retry for a few seconds (the broker's own log gives the time of every attempt; /proc gives
 the agent's CPU time), then fixes the file the agent reads at each connect (the password, the
 CA certificate) and checks that aggregates come through, without restarting the agent.
+A password from the environment and a client certificate cannot be fixed under a running
+agent: there, one agent has them and gets in, another lacks them and is watched failing (an
+unset variable stops it before it reaches the broker, so only its CPU time is watched).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from tests.broker import Mosquitto, free_port
 
 RIGHT_PASSWORD = "Right-horse-7qX2"
 WRONG_PASSWORD = "Wrong-staple-3kP9"
+PASSWORD_VARIABLE = "EDGE_TEST_PW"
 FAILING = 2.5  # seconds the agent is left to retry against a broker that refuses it
 
 
@@ -53,27 +57,53 @@ def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
     return cert, key
 
 
+def make_cert(
+    directory: Path, ca: tuple[Path, Path], name: str, subject: str, extensions: str
+) -> tuple[Path, Path]:
+    """A certificate with these extensions, signed by `ca`: (certificate, key)."""
+    cert, key, csr = directory / f"{name}.crt", directory / f"{name}.key", directory / f"{name}.csr"
+    extfile = directory / f"{name}.ext"
+    extfile.write_text(extensions)
+    openssl(
+        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", key, "-out", csr, "-subj", subject,
+    )  # fmt: skip
+    openssl(
+        "x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial",
+        "-out", cert, "-days", "2", "-extfile", extfile,
+    )  # fmt: skip
+    return cert, key
+
+
 def make_server_cert(directory: Path, ca: tuple[Path, Path]) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 and localhost, signed by `ca`: (certificate, key)."""
-    cert, key, csr = directory / "server.crt", directory / "server.key", directory / "server.csr"
-    extensions = directory / "server.ext"
-    extensions.write_text(
+    return make_cert(
+        directory,
+        ca,
+        "server",
+        "/CN=localhost",
         "subjectAltName = IP:127.0.0.1, DNS:localhost\n"
         "basicConstraints = critical, CA:FALSE\n"
         "keyUsage = critical, digitalSignature, keyEncipherment\n"
         "extendedKeyUsage = serverAuth\n"
         "subjectKeyIdentifier = hash\n"
-        "authorityKeyIdentifier = keyid\n"
+        "authorityKeyIdentifier = keyid\n",
     )
-    openssl(
-        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", key, "-out", csr, "-subj", "/CN=localhost",
-    )  # fmt: skip
-    openssl(
-        "x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial",
-        "-out", cert, "-days", "2", "-extfile", extensions,
-    )  # fmt: skip
-    return cert, key
+
+
+def make_client_cert(directory: Path, ca: tuple[Path, Path]) -> tuple[Path, Path]:
+    """A client certificate for the device, signed by `ca`: (certificate, key)."""
+    return make_cert(
+        directory,
+        ca,
+        "client",
+        "/CN=edge-agent-pi",
+        "basicConstraints = critical, CA:FALSE\n"
+        "keyUsage = critical, digitalSignature\n"
+        "extendedKeyUsage = clientAuth\n"
+        "subjectKeyIdentifier = hash\n"
+        "authorityKeyIdentifier = keyid\n",
+    )
 
 
 @dataclass(frozen=True)
@@ -82,6 +112,8 @@ class Pki:
     other_ca: Path  # an unrelated CA, which did not
     server_cert: Path
     server_key: Path
+    client_cert: Path  # signed by `ca`, for brokers that ask the agent for a certificate
+    client_key: Path
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +122,15 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     ca = make_ca(directory, "Edge Test CA")
     other, _ = make_ca(directory, "Unrelated CA")
     cert, key = make_server_cert(directory, ca)
-    return Pki(ca=ca[0], other_ca=other, server_cert=cert, server_key=key)
+    client_cert, client_key = make_client_cert(directory, ca)
+    return Pki(
+        ca=ca[0],
+        other_ca=other,
+        server_cert=cert,
+        server_key=key,
+        client_cert=client_cert,
+        client_key=client_key,
+    )
 
 
 def tls_listener(port: int, pki: Pki) -> str:
@@ -98,6 +138,12 @@ def tls_listener(port: int, pki: Pki) -> str:
         f"listener {port} 127.0.0.1\n"
         f"cafile {pki.ca}\ncertfile {pki.server_cert}\nkeyfile {pki.server_key}\n"
     )
+
+
+def client_cert_listener(port: int, pki: Pki) -> str:
+    """A TLS listener that lets in only clients with a certificate signed by the test CA
+    (anonymous still: the certificate is not made the username)."""
+    return tls_listener(port, pki) + "require_certificate true\nuse_identity_as_username false\n"
 
 
 def replace(path: Path, text: str) -> None:
@@ -173,7 +219,14 @@ def cpu_seconds(pid: int) -> float:
 class Agent:
     """`edge-agent run` in a subprocess, its JSON logs (stderr) going to a file we can read."""
 
-    def __init__(self, tmp_path: Path, port: int, mqtt_extra: str = "") -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        port: int,
+        mqtt_extra: str = "",
+        env: dict[str, str] | None = None,  # the agent's environment (default: ours)
+    ) -> None:
+        tmp_path.mkdir(exist_ok=True)
         self.config = tmp_path / "agent.toml"
         self.config.write_text(
             f"""
@@ -203,6 +256,7 @@ commit_interval = 0.1
                 [sys.executable, "-m", "agent", "run", "-c", str(self.config)],
                 stdout=log,
                 stderr=log,
+                env=env,
             )
 
     @property
@@ -378,6 +432,99 @@ def test_a_wrong_ca_is_logged_once_retried_gently_and_fixed_by_the_file(
     assert agent.events("connected")[0]["broker"] == f"127.0.0.1:{tls_port}"
     assert not agent.events("uplink_error"), logs
     assert not agent.events("tls_unverified"), logs
+
+
+def test_a_password_from_the_environment_gets_in_and_a_missing_one_is_logged_once(
+    tmp_path: Path,
+) -> None:
+    broker_dir = tmp_path / "broker"
+    broker_dir.mkdir()
+    passwords = broker_dir / "passwd"
+    subprocess.run(
+        ["mosquitto_passwd", "-b", "-c", str(passwords), "user", RIGHT_PASSWORD],
+        check=True,
+        capture_output=True,
+    )
+    broker = logged_broker(broker_dir, anonymous=False, extra=f"password_file {passwords}\n")
+    broker.start()
+    subscriber = Subscriber(broker.port, "user", RIGHT_PASSWORD)
+    settings = f'username = "user"\npassword_env = "{PASSWORD_VARIABLE}"\n'
+    ours = {k: v for k, v in os.environ.items() if k != PASSWORD_VARIABLE}
+    # Two agents at once, to save time: one given the password, one not (which never gets
+    # as far as the broker, so the two do not fight over their client id).
+    agent = Agent(
+        tmp_path / "given", broker.port, settings, {**ours, PASSWORD_VARIABLE: RIGHT_PASSWORD}
+    )
+    lost = Agent(tmp_path / "unset", broker.port, settings, ours)
+    try:
+        warning = lost.wait_for("broker_unavailable")
+        start, cpu_before = time.monotonic(), cpu_seconds(lost.process.pid)
+        agent.wait_for("connected")
+        subscriber.wait_for(lambda got: len(got) >= 1)
+        time.sleep(max(0.0, start + FAILING - time.monotonic()))  # the other keeps retrying
+        cpu = cpu_seconds(lost.process.pid) - cpu_before
+        assert cpu < 0.5, f"{cpu:.2f} s of CPU in {FAILING} s of retrying: a busy loop"
+        assert lost.process.poll() is None, lost.text
+    finally:
+        logs = agent.stop()
+        lost_logs = lost.stop()
+        subscriber.close()
+        broker.stop()
+    assert RIGHT_PASSWORD not in logs
+    assert not [e for e in agent.until("connected") if e["event"] == "broker_unavailable"], logs
+    assert len(agent.events("connected")) == 1, logs
+    problem = warning["problem"]
+    assert warning["broker"] == f"127.0.0.1:{broker.port}"
+    assert f"environment variable {PASSWORD_VARIABLE} is not set" in problem, problem
+    assert len(lost.events("broker_unavailable")) == 1, lost_logs  # once, not per attempt
+    assert not lost.events("connected"), lost_logs
+    assert not lost.events("uplink_error"), lost_logs
+
+
+def test_a_client_certificate_the_broker_asks_for_gets_the_agent_in(
+    tmp_path: Path, pki: Pki
+) -> None:
+    broker_dir = tmp_path / "broker"
+    broker_dir.mkdir()
+    tls_port = free_port()
+    broker = Mosquitto(broker_dir, extra=client_cert_listener(tls_port, pki)).start()
+    subscriber = Subscriber(broker.port)  # on the plain listener, which asks for no certificate
+    tls = f'ca_file = "{pki.ca}", cert_file = "{pki.client_cert}", key_file = "{pki.client_key}"'
+    agent = Agent(tmp_path, tls_port, f"tls = {{ {tls} }}\n")
+    try:
+        agent.wait_for("connected", timeout=5)
+        subscriber.wait_for(lambda got: len(got) >= 1)
+    finally:
+        logs = agent.stop()
+        subscriber.close()
+        broker.stop()
+    assert not [e for e in agent.until("connected") if e["event"] == "broker_unavailable"], logs
+    assert agent.events("connected")[0]["broker"] == f"127.0.0.1:{tls_port}"
+    assert not agent.events("uplink_error"), logs
+    assert not agent.events("tls_unverified"), logs
+
+
+def test_no_client_certificate_for_a_broker_that_asks_is_one_clear_tls_problem(
+    tmp_path: Path, pki: Pki
+) -> None:
+    broker_dir = tmp_path / "broker"
+    broker_dir.mkdir()
+    tls_port = free_port()
+    broker = logged_broker(broker_dir, extra=client_cert_listener(tls_port, pki))
+    broker.start()
+    connections = ConnectionLog(broker_dir / "mosquitto.log", tls_port)
+    agent = Agent(tmp_path, tls_port, f'tls = {{ ca_file = "{pki.ca}" }}\n')
+    try:
+        problem = agent.wait_for("broker_unavailable")["problem"]
+        assert "TLS" in problem, problem
+        assert "certificate" in problem.lower(), problem
+        check_refused_politely(agent, connections)
+    finally:
+        logs = agent.stop()
+        connections.close()
+        broker.stop()
+    assert len(agent.events("broker_unavailable")) == 1, logs
+    assert not agent.events("uplink_error"), logs
 
 
 def test_an_unverified_tls_connection_works_and_is_warned_about(tmp_path: Path, pki: Pki) -> None:
