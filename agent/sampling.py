@@ -147,7 +147,7 @@ class SensorRunner:
         try:
             while True:
                 try:
-                    await (self._push() if self.driver.mode == "push" else self._poll())
+                    await (self._push() if type(self.driver).mode == "push" else self._poll())
                     return  # a stream that ended
                 except Exception as e:
                     self.stats.crashes += 1
@@ -211,7 +211,7 @@ class SensorRunner:
                 self._emit(round(due, 6), sample)
 
     async def _read(self) -> Sample:
-        if self.driver.mode == "poll":
+        if type(self.driver).mode == "poll":
             return await self.driver.read()
         if self._caller is None:
             self._caller = BlockingCaller(self.sensor.name)

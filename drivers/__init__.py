@@ -4,7 +4,7 @@ Importing this package registers the built-in drivers; a third-party package
 registers its own through the `edge_agent.drivers` entry point group.
 """
 
-from drivers import counter, random_walk, replay, sine
+from drivers import bme280, counter, random_walk, replay, sine
 from drivers.base import Channel, Driver, Sample
 from drivers.simulated import InjectedFault, Signal, Simulated
 
@@ -15,6 +15,7 @@ __all__ = [
     "Sample",
     "Signal",
     "Simulated",
+    "bme280",
     "counter",
     "random_walk",
     "replay",

@@ -1,0 +1,76 @@
+"""The I2C bus an I2C driver talks to: the board's (smbus2), or a simulated one.
+
+A driver's `bus` parameter is a bus number (`1` is /dev/i2c-1 on a Raspberry Pi) or the
+path of a register-map file; then the driver runs unchanged against `SimulatedBus`,
+which answers from that map. The driver's code path is the same either way.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Protocol
+
+
+class Bus(Protocol):
+    """The part of smbus2's SMBus the drivers use."""
+
+    def read_i2c_block_data(self, i2c_addr: int, register: int, length: int) -> list[int]: ...
+
+    def write_byte_data(self, i2c_addr: int, register: int, value: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SimulatedBus:
+    """Devices as register maps: 256 byte-registers per address, read and written like a chip's.
+
+    A map file (TOML or JSON) has a table per device address; each key is a register, each
+    value a byte or a list of bytes for consecutive registers:
+
+        ["0x76"]
+        "0xD0" = 0x60               # chip id
+        "0x88" = [0x70, 0x6B, 0x43]  # registers 0x88, 0x89, 0x8A
+    """
+
+    def __init__(self, devices: dict[int, dict[int, int | list[int]]]) -> None:
+        self.registers: dict[int, bytearray] = {}
+        self.writes: list[tuple[int, int, int]] = []  # (address, register, value), for tests
+        for address, registers in devices.items():
+            memory = self.registers.setdefault(address, bytearray(256))
+            for register, value in registers.items():
+                values = value if isinstance(value, list) else [value]
+                memory[register : register + len(values)] = bytes(values)
+
+    @classmethod
+    def load(cls, path: Path) -> SimulatedBus:
+        text = path.read_text(encoding="utf-8")
+        raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        return cls({int(a, 0): {int(r, 0): v for r, v in regs.items()} for a, regs in raw.items()})
+
+    def _device(self, address: int) -> bytearray:
+        try:
+            return self.registers[address]
+        except KeyError:
+            raise OSError(121, f"no device at 0x{address:02x} (remote I/O error)") from None
+
+    def read_i2c_block_data(self, i2c_addr: int, register: int, length: int) -> list[int]:
+        return list(self._device(i2c_addr)[register : register + length])
+
+    def write_byte_data(self, i2c_addr: int, register: int, value: int) -> None:
+        self._device(i2c_addr)[register] = value
+        self.writes.append((i2c_addr, register, value))
+
+    def close(self) -> None:
+        pass
+
+
+def open_bus(bus: int | Path) -> Bus:
+    """The bus a driver's `bus` parameter names."""
+    if isinstance(bus, Path):
+        return SimulatedBus.load(bus)
+    from smbus2 import SMBus  # imported here: a laptop without I2C never needs it
+
+    smbus: Bus = SMBus(bus)
+    return smbus
