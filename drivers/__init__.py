@@ -4,7 +4,7 @@ Importing this package registers the built-in drivers; a third-party package
 registers its own through the `edge_agent.drivers` entry point group.
 """
 
-from drivers import bme280, counter, random_walk, replay, sine
+from drivers import bme280, counter, random_walk, replay, sht31, sine
 from drivers.base import Channel, Driver, Sample
 from drivers.simulated import InjectedFault, Signal, Simulated
 
@@ -19,5 +19,6 @@ __all__ = [
     "counter",
     "random_walk",
     "replay",
+    "sht31",
     "sine",
 ]

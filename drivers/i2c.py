@@ -7,10 +7,13 @@ which answers from that map. The driver's code path is the same either way.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import tomllib
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+I2C_M_RD = 1  # the read flag of an i2c_msg (linux/i2c.h)
 
 
 class Bus(Protocol):
@@ -20,11 +23,13 @@ class Bus(Protocol):
 
     def write_byte_data(self, i2c_addr: int, register: int, value: int) -> None: ...
 
+    def i2c_rdwr(self, *messages: Any) -> None: ...
+
     def close(self) -> None: ...
 
 
 class SimulatedBus:
-    """Devices as register maps: 256 byte-registers per address, read and written like a chip's.
+    """Devices as register maps, read and written like a chip's.
 
     A map file (TOML or JSON) has a table per device address; each key is a register, each
     value a byte or a list of bytes for consecutive registers:
@@ -32,16 +37,20 @@ class SimulatedBus:
         ["0x76"]
         "0xD0" = 0x60               # chip id
         "0x88" = [0x70, 0x6B, 0x43]  # registers 0x88, 0x89, 0x8A
+
+    A chip driven by commands instead (an SHT31: write 0x2400, then read 6 bytes) is a map
+    too: the command is the register its answer starts at ("0x2400" = [...]).
     """
 
     def __init__(self, devices: dict[int, dict[int, int | list[int]]]) -> None:
-        self.registers: dict[int, bytearray] = {}
+        self.registers: dict[int, dict[int, int]] = {}
+        self.pointer: dict[int, int] = {}  # per device: where a plain read starts
         self.writes: list[tuple[int, int, int]] = []  # (address, register, value), for tests
         for address, registers in devices.items():
-            memory = self.registers.setdefault(address, bytearray(256))
+            memory = self.registers.setdefault(address, {})
             for register, value in registers.items():
-                values = value if isinstance(value, list) else [value]
-                memory[register : register + len(values)] = bytes(values)
+                for offset, byte in enumerate(value if isinstance(value, list) else [value]):
+                    memory[register + offset] = byte
 
     @classmethod
     def load(cls, path: Path) -> SimulatedBus:
@@ -49,18 +58,34 @@ class SimulatedBus:
         raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
         return cls({int(a, 0): {int(r, 0): v for r, v in regs.items()} for a, regs in raw.items()})
 
-    def _device(self, address: int) -> bytearray:
+    def _device(self, address: int) -> dict[int, int]:
         try:
             return self.registers[address]
         except KeyError:
             raise OSError(121, f"no device at 0x{address:02x} (remote I/O error)") from None
 
     def read_i2c_block_data(self, i2c_addr: int, register: int, length: int) -> list[int]:
-        return list(self._device(i2c_addr)[register : register + length])
+        memory = self._device(i2c_addr)
+        return [memory.get(register + i, 0) for i in range(length)]
 
     def write_byte_data(self, i2c_addr: int, register: int, value: int) -> None:
         self._device(i2c_addr)[register] = value
         self.writes.append((i2c_addr, register, value))
+
+    def i2c_rdwr(self, *messages: Any) -> None:
+        """smbus2's combined transfers: a write sets where the next read starts (a register or
+        a command); a read fills the message's buffer from there."""
+        for message in messages:
+            self._device(message.addr)
+            if message.flags & I2C_M_RD:
+                data = self.read_i2c_block_data(
+                    message.addr, self.pointer.get(message.addr, 0), message.len
+                )
+                ctypes.memmove(message.buf, bytes(data), message.len)
+            else:
+                written = list(message)
+                self.pointer[message.addr] = int.from_bytes(bytes(written), "big")
+                self.writes.append((message.addr, self.pointer[message.addr], len(written)))
 
     def close(self) -> None:
         pass
