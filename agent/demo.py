@@ -10,6 +10,7 @@ import dataclasses
 import getpass
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -25,10 +26,17 @@ from agent.tail import Tail
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A free loopback port below Linux's range for outgoing connections (32768 up), so no
+    client socket can take it while a broker restarts on it. Never 1883."""
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 32000")
 
 
 def mosquitto_binary() -> str | None:
@@ -66,16 +74,18 @@ class Mosquitto:
             f"user {getpass.getuser()}\n"
             f"{self.extra}"
         )
-        self.process = subprocess.Popen(
-            [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            time.sleep(0.02)
-        self.stop()
+        for _ in range(5):  # a port still held for a moment: try again shortly
+            self.process = subprocess.Popen(
+                [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and self.process.poll() is None:
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                        return self
+                time.sleep(0.02)
+            self.stop()
+            time.sleep(0.3)
         raise RuntimeError(f"mosquitto did not start on port {self.port}")
 
     def stop(self) -> None:
