@@ -60,9 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _load(path: Path, broker: str | None = None):  # type: ignore[no-untyped-def]  # lazy import
-    import dataclasses
-
-    from agent.config import ConfigError, Mqtt, load
+    from agent.config import ConfigError, load
 
     try:
         config = load(path)
@@ -76,8 +74,7 @@ def _load(path: Path, broker: str | None = None):  # type: ignore[no-untyped-def
     if not host or not port.isdigit():
         print(f'edge-agent: --broker: expected HOST:PORT, got "{broker}"', file=sys.stderr)
         return None
-    mqtt = dataclasses.replace(config.mqtt or Mqtt(), host=host, port=int(port))
-    return dataclasses.replace(config, mqtt=mqtt)
+    return config.with_broker(host, int(port))
 
 
 def _tail(args: argparse.Namespace) -> int:

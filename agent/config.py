@@ -9,6 +9,7 @@ once that table's values are each valid.)
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -136,11 +137,19 @@ class Mqtt:
     def __post_init__(self) -> None:
         if self.password_env and self.password_file:
             raise Invalid("password_env", "expected password_env or password_file, got both")
-        for broker in self.brokers:
-            if not 1 <= int(broker.rpartition(":")[2]) <= 65535:
+        for broker, (_, port) in zip(self.brokers, self.addresses[1:], strict=True):
+            if not 1 <= port <= 65535:
                 raise Invalid("brokers", f'expected ports from 1 to 65535, got "{broker}"')
         if (self.password_env or self.password_file) and self.username is None:
             raise Invalid("username", "expected a username to go with the password, got none")
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """host:port, then the failover brokers, in the order to try them."""
+        return [(self.host, self.port)] + [
+            (host.strip("[]"), int(port))
+            for host, _, port in (b.rpartition(":") for b in self.brokers)
+        ]
 
 
 @dataclass(frozen=True)
@@ -196,6 +205,11 @@ class Config:
     sinks: tuple[Spec[Sink], ...]
     mqtt: Mqtt | None = None
     buffer: BufferSettings = field(default_factory=BufferSettings)
+
+    def with_broker(self, host: str, port: int) -> Config:
+        """The same config, publishing to host:port (`--broker`, the demo)."""
+        mqtt = dataclasses.replace(self.mqtt or Mqtt(), host=host, port=port)
+        return dataclasses.replace(self, mqtt=mqtt)
 
 
 class ConfigError(Exception):

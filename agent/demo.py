@@ -6,7 +6,6 @@ loopback port (never the system's 1883).
 
 from __future__ import annotations
 
-import dataclasses
 import getpass
 import json
 import os
@@ -21,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from agent.config import Mqtt, load
+from agent.config import load
 from agent.tail import Tail
 
 
@@ -115,11 +114,7 @@ def main() -> int:
                 stdout=agent_log,
                 stderr=agent_log,
             )
-            config = load(config_path)
-            config = dataclasses.replace(
-                config,
-                mqtt=dataclasses.replace(config.mqtt or Mqtt(), host="127.0.0.1", port=broker.port),
-            )
+            config = load(config_path).with_broker("127.0.0.1", broker.port)
             watcher = Tail(config)
             thread = threading.Thread(target=watcher.run)
             thread.start()

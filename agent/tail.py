@@ -54,11 +54,10 @@ class Tail:
             return self._fail(str(e))
         client.on_connect = self._on_connect
         client.on_message = self._on_message
-        addresses = [(self.settings.host, self.settings.port)] + [
-            (host.strip("[]"), int(port))
-            for host, _, port in (b.rpartition(":") for b in self.settings.brokers)
-        ]
-        for host, port in addresses:  # the first broker that answers, in the agent's order
+        for (
+            host,
+            port,
+        ) in self.settings.addresses:  # the first broker that answers, in the agent's order
             try:
                 client.connect(host, port, self.settings.keepalive)
                 break

@@ -82,10 +82,7 @@ class Uplink:
             cooldown=min(settings.backoff.cap, settings.backoff.base * 8),
             max_cooldown=settings.backoff.cap,
         )
-        self.addresses = [(settings.host, settings.port)] + [
-            (host.strip("[]"), int(port))
-            for host, _, port in (b.rpartition(":") for b in settings.brokers)
-        ]
+        self.addresses = settings.addresses
         self._properties: dict[str, Properties | None] = {"msgpack": None, "json": None}
         if settings.protocol == "5":
             for encoding in self._properties:

@@ -8,13 +8,13 @@ import time
 from pathlib import Path
 from typing import Annotated, Literal
 
-from drivers.base import Channel, Driver, Sample
-from drivers.i2c import Bus, open_bus
+from drivers.base import Channel, Sample
+from drivers.i2c import I2CDevice
 
 OVERSAMPLING = {1: 1, 2: 2, 4: 3, 8: 4, 16: 5}  # times -> the register's 3-bit code
 
 
-class BME280(Driver, name="bme280"):
+class BME280(I2CDevice, name="bme280"):
     """Bosch BME280 temperature, humidity and pressure sensor on I2C."""
 
     channels = (
@@ -26,28 +26,20 @@ class BME280(Driver, name="bme280"):
     def __init__(
         self,
         *,
-        bus: Annotated[int | Path, "I2C bus number, or a register-map file to simulate"] = 1,
         address: Literal[0x76, 0x77] = 0x76,
         mode: Annotated[Literal["forced", "normal"], "forced: measure on each read"] = "forced",
         oversampling: Literal[1, 2, 4, 8, 16] = 1,
+        **bus: int | Path,
     ) -> None:
-        self.bus_name, self.address, self.measuring = bus, address, mode
+        super().__init__(**bus)
+        self.address, self.measuring = address, mode
         code = OVERSAMPLING[oversampling]
         self.ctrl_meas = code << 5 | code << 2 | (0b01 if mode == "forced" else 0b11)
         self.ctrl_hum = code
-        self.bus: Bus | None = None
         self.calibration: tuple[float, ...] = ()
-
-    async def open(self) -> None:
-        self.bus = open_bus(self.bus_name)
-
-    async def close(self) -> None:
-        if self.bus is not None:
-            self.bus.close()
 
     def read_blocking(self) -> Sample:
         bus, address = self.bus, self.address
-        assert bus is not None
         if not self.calibration:
             chip = bus.read_i2c_block_data(address, 0xD0, 1)[0]
             if chip != 0x60:

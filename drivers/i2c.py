@@ -11,7 +11,9 @@ import ctypes
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
+
+from drivers.base import Driver
 
 I2C_M_RD = 1  # the read flag of an i2c_msg (linux/i2c.h)
 
@@ -99,3 +101,31 @@ def open_bus(bus: int | Path) -> Bus:
 
     smbus: Bus = SMBus(bus)
     return smbus
+
+
+class I2CDevice(Driver):
+    """The base of I2C drivers: the `bus` parameter, and opening and closing that bus.
+
+    A subclass adds its own parameters (its `address` among them) and reads `self.bus`
+    from `read_blocking()`, which the agent runs on the driver's own thread.
+    """
+
+    def __init__(
+        self,
+        *,
+        bus: Annotated[int | Path, "I2C bus number, or a register-map file to simulate"] = 1,
+    ) -> None:
+        self.bus_name = bus
+        self._bus: Bus | None = None
+
+    @property
+    def bus(self) -> Bus:
+        assert self._bus is not None, "the bus is opened by the agent before the first read"
+        return self._bus
+
+    async def open(self) -> None:
+        self._bus = open_bus(self.bus_name)
+
+    async def close(self) -> None:
+        if self._bus is not None:
+            self._bus.close()

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
-from drivers.base import Channel, Driver, Sample
-from drivers.i2c import Bus, open_bus
+from drivers.base import Channel, Sample
+from drivers.i2c import I2CDevice
 
 # Single-shot measurement without clock stretching: (command, longest wait in seconds).
 MEASURE = {"high": (0x2400, 0.016), "medium": (0x240B, 0.007), "low": (0x2416, 0.005)}
 
 
-class SHT31(Driver, name="sht31"):
+class SHT31(I2CDevice, name="sht31"):
     """Sensirion SHT31 temperature and humidity sensor on I2C, CRC-checked."""
 
     channels = (Channel("temperature", "°C", "temperature"), Channel("humidity", "%", "humidity"))
@@ -21,25 +21,17 @@ class SHT31(Driver, name="sht31"):
     def __init__(
         self,
         *,
-        bus: Annotated[int | Path, "I2C bus number, or a register-map file to simulate"] = 1,
         address: Literal[0x44, 0x45] = 0x44,
         repeatability: Literal["high", "medium", "low"] = "high",
+        **bus: int | Path,
     ) -> None:
-        self.bus_name, self.address = bus, address
+        super().__init__(**bus)
+        self.address = address
         self.command, self.wait = MEASURE[repeatability]
-        self.bus: Bus | None = None
-
-    async def open(self) -> None:
-        self.bus = open_bus(self.bus_name)
-
-    async def close(self) -> None:
-        if self.bus is not None:
-            self.bus.close()
 
     def read_blocking(self) -> Sample:
         from smbus2 import i2c_msg
 
-        assert self.bus is not None
         self.bus.i2c_rdwr(i2c_msg.write(self.address, list(self.command.to_bytes(2, "big"))))
         time.sleep(self.wait)
         reply = i2c_msg.read(self.address, 6)

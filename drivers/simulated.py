@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from agent.clock import SYSTEM_CLOCK, Clock
 from agent.schema import Injected, Rate
@@ -60,8 +60,15 @@ class Simulated(Driver):
 class Signal(Simulated):
     """A simulated polled device: subclasses compute the next value in `sample()`."""
 
-    def sample(self) -> float:
-        raise NotImplementedError
+    @classmethod
+    def check_contract(cls) -> None:
+        super().check_contract()
+        if not callable(getattr(cls, "sample", None)):
+            raise TypeError(f"{cls.__qualname__}: a simulated signal needs a sample(self) method")
+
+    if TYPE_CHECKING:  # declared for type checkers; each signal defines its own
+
+        def sample(self) -> float: ...
 
     async def read(self) -> Sample:
         # The sample is computed even when a fault withholds it, so the signal a

@@ -222,3 +222,12 @@ def test_an_entry_point_whose_module_fails_to_import_is_a_lookup_error(
     assert str(caught.value) == (
         'cannot load driver "ep_broken" (ep_broken_pkg:X): RuntimeError: needs hardware'
     )
+
+
+def test_a_simulated_signal_without_sample_fails_when_defined() -> None:
+    from drivers import Signal
+
+    with pytest.raises(TypeError, match=r"Flat: a simulated signal needs a sample\(self\) method"):
+
+        class Flat(Signal, name="test_flat"):
+            pass
