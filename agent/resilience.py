@@ -31,6 +31,12 @@ def backoff(
     return delay
 
 
+def jittered(base: float, cap: float, failures: int) -> float:
+    """Full jitter between `base` and an exponential ceiling (capped, however long the outage)."""
+    ceiling = min(cap, base * 2.0 ** min(failures, 64))
+    return random.uniform(base, max(base, ceiling))
+
+
 class BreakerState(enum.Enum):
     CLOSED = "closed"
     OPEN = "open"

@@ -17,8 +17,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent import wire
 from agent.config import Config
 from agent.records import Aggregate, Reading
+from agent.security import secure
 from agent.sinks import Console
-from agent.uplink import secure
 
 
 class Tail:

@@ -16,7 +16,8 @@ from agent.buffer import Buffer
 from agent.config import ConfigError, parse
 from agent.demo import free_port
 from agent.records import Reading
-from agent.uplink import Uplink, jittered
+from agent.resilience import jittered
+from agent.uplink import Uplink
 
 
 def test_backoff_is_full_jitter_between_base_and_a_capped_ceiling() -> None:
