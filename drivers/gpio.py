@@ -1,0 +1,92 @@
+"""The pins a GPIO driver uses: the board's, or gpiozero's mock pins driven by a simulated twin.
+
+A driver's `pins` parameter picks them. With `pins = "board"` gpiozero chooses the board's
+pin library (lgpio on a Raspberry Pi); with `pins = "simulated"` the driver runs unchanged on
+gpiozero's `MockFactory`, and its twin (the `simulate()` method) drives those mock pins the
+way the device would. Tests hand in their own `MockFactory` and drive the pins themselves.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from agent.schema import Injected
+from drivers.base import Driver
+
+Twin = Callable[[threading.Event], None]  # the twin's loop, until the event is set
+
+
+class GPIODevice(Driver):
+    """The base of GPIO drivers: choosing the pin factory, and the simulated twin's thread.
+
+    A subclass builds its gpiozero devices in `attach(factory)`, passing `pin_factory=factory`
+    to each, and closes them in `detach()`. Its twin is `simulate(factory)`: it prepares the
+    mock pins (before `attach`, as some mock pins must exist first) and may return a loop that
+    runs on a daemon thread until the driver closes.
+    """
+
+    def __init__(
+        self,
+        *,
+        pins: Annotated[
+            Literal["board", "simulated"], "simulated: mock pins driven by the driver's twin"
+        ] = "board",
+        pin_factory: Annotated[Any, Injected] = None,
+    ) -> None:
+        self.pins = pins
+        self.factory: Any = pin_factory
+        self._stop = threading.Event()
+        self._twin: threading.Thread | None = None
+
+    async def open(self) -> None:
+        if self.factory is None:
+            self.factory = _board_factory() if self.pins == "board" else _mock_factory()
+            if self.pins == "simulated":
+                loop = self.simulate(self.factory)
+                if loop is not None:
+                    self._stop.clear()
+                    self._twin = threading.Thread(
+                        target=loop, args=(self._stop,), name=f"twin-{type(self).name}", daemon=True
+                    )
+                    self._twin.start()
+        self.attach(self.factory)
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._twin is not None:
+            self._twin.join(timeout=1.0)
+            self._twin = None
+        self.detach()
+
+    @classmethod
+    def check_contract(cls) -> None:
+        super().check_contract()
+        missing = [m for m in ("attach", "detach") if getattr(cls, m) is getattr(GPIODevice, m)]
+        if missing:
+            raise TypeError(f"{cls.__qualname__}: a GPIO driver needs {' and '.join(missing)}()")
+
+    def attach(self, factory: Any) -> None:
+        """Build the gpiozero devices on `factory`."""
+
+    def detach(self) -> None:
+        """Close the gpiozero devices (their pins are released for the next open)."""
+
+    def simulate(self, factory: Any) -> Twin | None:
+        """Prepare the mock pins as the device would wire them; return the twin's loop, if any."""
+        return None
+
+
+def _board_factory() -> Any:
+    from gpiozero import Device
+
+    if Device.pin_factory is None:
+        Device.pin_factory = Device._default_pin_factory()
+    return Device.pin_factory
+
+
+def _mock_factory() -> Any:
+    from gpiozero.pins.mock import MockFactory
+
+    return MockFactory()
