@@ -23,7 +23,7 @@ from agent.clock import Clock
 from agent.config import Sensor
 from agent.records import Reading
 from agent.resilience import BreakerState, CircuitBreaker
-from drivers.base import Driver, Sample
+from drivers.base import Driver, Garbled, Sample
 
 _log = log.get("agent.sensor")
 
@@ -33,6 +33,7 @@ class SensorStats:
         "crashes",
         "empty",
         "errors",
+        "garbled",
         "invalid",
         "overruns",
         "readings",
@@ -44,6 +45,7 @@ class SensorStats:
         self.readings = 0  # readings handed to the pipeline
         self.empty = 0  # reads that returned nothing
         self.invalid = 0  # values that were not finite numbers, or named no known channel
+        self.garbled = 0  # input the device sent that the driver could not use
         self.errors = 0  # reads that raised
         self.timeouts = 0  # reads cut off after `timeout`
         self.skipped = 0  # polls skipped while the breaker was open (polled drivers)
@@ -128,7 +130,9 @@ class SensorRunner:
         self.last_error = ""
         self._failures = log.Burst()
         self._invalid = log.Burst()
+        self._garbled = log.Burst()
         self._caller: BlockingCaller | None = None
+        self._opened = False
         # One interned name per channel: every reading of the channel shares it.
         self.channels: dict[str, tuple[str, str]] = {
             ch.name: (
@@ -157,11 +161,17 @@ class SensorRunner:
             if self._caller is not None:
                 await self._caller.settle(self.sensor.timeout)
                 self._caller.stop()
-            try:
-                async with asyncio.timeout(self.sensor.timeout):
-                    await self.driver.close()
-            except Exception as e:
-                _log.warning("driver_close_failed", sensor=self.sensor.name, error=_text(e))
+            await self._close()
+
+    async def _close(self) -> None:
+        if not self._opened:
+            return
+        self._opened = False
+        try:
+            async with asyncio.timeout(self.sensor.timeout):
+                await self.driver.close()
+        except Exception as e:
+            _log.warning("driver_close_failed", sensor=self.sensor.name, error=_text(e))
 
     async def _open(self) -> bool:
         try:
@@ -170,11 +180,11 @@ class SensorRunner:
         except Exception as e:
             self._failed(e)
             return False
+        self._opened = True
         return True
 
     async def _poll(self) -> None:
         interval, clock = self.sensor.interval, self.clock
-        opened = False
         tick = math.ceil(clock.time() / interval)
         while True:
             now = clock.time()
@@ -191,10 +201,8 @@ class SensorRunner:
             if not self.breaker.allow():
                 self.stats.skipped += 1
                 continue
-            if not opened:
-                opened = await self._open()
-                if not opened:
-                    continue
+            if not self._opened and not await self._open():
+                continue
             try:
                 # asyncio.timeout, not wait_for: wait_for on 3.11 can swallow the
                 # cancellation that stops the agent when it races with a read finishing.
@@ -221,15 +229,12 @@ class SensorRunner:
         return result
 
     async def _push(self) -> None:
-        opened = False
         while True:
             while not self.breaker.allow():
                 await asyncio.sleep(max(self.breaker.reopen_at - self.clock.monotonic(), 0.01))
-            if not opened:
-                opened = await self._open()
-                if not opened:
-                    await asyncio.sleep(self.sensor.interval)
-                    continue
+            if not self._opened and not await self._open():
+                await asyncio.sleep(self.sensor.interval)
+                continue
             try:
                 async for sample in self.driver.stream():
                     self._succeeded()
@@ -238,6 +243,9 @@ class SensorRunner:
                 return
             except Exception as e:
                 self._failed(e)
+                # Reopen from scratch: a device that vanished (a USB serial adapter
+                # unplugged) comes back as a new device; the breaker spaces the attempts.
+                await self._close()
                 await asyncio.sleep(self.sensor.interval)
 
     def _emit(self, ts: float, sample: Sample) -> None:
@@ -250,6 +258,13 @@ class SensorRunner:
         if sample is None:
             self.stats.empty += 1
             return
+        if isinstance(sample, Garbled):
+            self.stats.garbled += 1
+            if self._garbled.fail():
+                _log.warning("garbled_input", sensor=self.sensor.name, reason=sample.reason)
+            return
+        if self._garbled.failures:
+            _log.info("input_clean_again", sensor=self.sensor.name, garbled=self._garbled.end())
         if isinstance(sample, Mapping):
             for channel, value in sample.items():
                 names = self.channels.get(channel)

@@ -131,6 +131,8 @@ def describe_type(annotation: Any) -> str:
         if item.startswith("one of "):
             return "a list of values, each " + item
         return f"a list of {_plural(item)}"
+    if origin is dict:
+        return f"a table of {_plural(describe_type(args[1]))}" if args else "a table"
     if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         return "a table"
     return _NAMES.get(annotation, getattr(annotation, "__name__", str(annotation)))
@@ -195,6 +197,17 @@ def convert(value: object, annotation: Any) -> Any:
                 at, inner = f"[{i}]{e.at}", e.value if e.at else v
                 raise Mismatch(e.expected, hint=e.hint, at=at, value=inner) from None
         return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise Mismatch(describe_type(annotation))
+        table = {}
+        for key, v in value.items():
+            try:
+                table[key] = convert(v, args[1]) if args else v
+            except Mismatch as e:
+                at, inner = f".{key}{e.at}", e.value if e.at else v
+                raise Mismatch(e.expected, hint=e.hint, at=at, value=inner) from None
+        return table
     if annotation is float:
         # inf and nan are numbers to TOML, but no interval, bound or window can be one.
         if isinstance(value, (int, float)) and not isinstance(value, bool):

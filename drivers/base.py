@@ -7,8 +7,8 @@ A driver implements exactly one of:
 - `async def stream(self)`: an async generator that yields samples as the device pushes them.
 
 A sample is a number for a driver with one channel, a mapping from channel
-name to number for a driver with several, or None when there is nothing to
-report this time.
+name to number for a driver with several, None when there is nothing to
+report this time, or `Garbled` for input that arrived but could not be used.
 """
 
 from __future__ import annotations
@@ -21,7 +21,16 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from agent.registry import Component, Registry
 
-Sample = float | Mapping[str, float] | None
+
+@dataclass(frozen=True, slots=True)
+class Garbled:
+    """Input the device sent but the driver could not use: a bad checksum, a partial frame,
+    a line that does not parse. The agent counts it and logs it once per burst."""
+
+    reason: str
+
+
+Sample = float | Mapping[str, float] | Garbled | None
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ class GPIODevice(Driver):
             if self.pins == "simulated":
                 loop = self.simulate(self.factory)
                 if loop is not None:
-                    self._stop.clear()
+                    self._stop = threading.Event()  # a fresh one: the last twin may still stop
                     self._twin = threading.Thread(
                         target=loop, args=(self._stop,), name=f"twin-{type(self).name}", daemon=True
                     )

@@ -1,0 +1,95 @@
+"""Text lines from a serial device, one sample per line: CSV columns, key=value pairs, or the
+named groups of a regular expression."""
+
+from __future__ import annotations
+
+import codecs
+import math
+import re
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from agent.schema import Bounds
+from drivers.base import Channel, Garbled, Sample
+from drivers.serial_port import SerialDevice, Write
+
+ENDINGS = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}
+PAIR = re.compile(r"([A-Za-z_][\w.-]*)\s*[=:]\s*([^\s,;]+)")
+
+
+class SerialLine(SerialDevice, name="serial_line"):
+    """Text lines from a serial port, parsed as CSV, key=value pairs or a regular expression."""
+
+    def __init__(
+        self,
+        *,
+        format: Literal["csv", "kv", "regex"] = "csv",
+        fields: Annotated[tuple[str, ...], 'csv: column names ("" skips one); kv: keys'] = (),
+        pattern: Annotated[str, "regex: its named groups are the channels"] = "",
+        delimiter: str = ",",
+        units: Annotated[dict[str, str] | None, "unit per channel"] = None,
+        device_classes: Annotated[dict[str, str] | None, "device class per channel"] = None,
+        line_ending: Literal["lf", "crlf", "cr"] = "lf",
+        encoding: str = "utf-8",
+        max_line: Annotated[int, Bounds(ge=16, le=65536)] = 1024,
+        **port: Any,
+    ) -> None:
+        super().__init__(**port)
+        self.format, self.fields, self.delimiter = format, fields, delimiter
+        self.regex = re.compile(pattern) if format == "regex" else None
+        names = list(self.regex.groupindex) if self.regex else [f for f in fields if f]
+        if not names:
+            raise ValueError("no channels: name the fields, or groups in the pattern")
+        units, classes = units or {}, device_classes or {}
+        if unknown := (set(units) | set(classes)) - set(names):
+            raise ValueError(f"units or device_classes name unknown channels: {sorted(unknown)}")
+        self.channels = tuple(Channel(n, units.get(n, ""), classes.get(n, "")) for n in names)
+        self.ending, self.encoding, self.max_line = ENDINGS[line_ending], encoding, max_line
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise ValueError(f"unknown encoding {encoding!r}") from None
+        if self.regex is not None and self.port == "simulated":
+            raise ValueError("the twin cannot guess lines for a pattern: simulate csv or kv")
+
+    async def stream(self) -> AsyncIterator[Sample]:
+        async for line in self.lines(self.ending, self.max_line):
+            if line is None:
+                yield Garbled(f"a line longer than {self.max_line} bytes")
+            elif line := line.rstrip(b"\r"):
+                yield self.parse(line)
+
+    def parse(self, raw: bytes) -> Sample:
+        try:
+            text = raw.decode(self.encoding)
+            if self.regex is not None:
+                match = self.regex.search(text)
+                found = match.groupdict() if match else {}
+            elif self.format == "kv":
+                found = {k: v for k, v in PAIR.findall(text) if k in self.fields}
+            else:
+                columns = text.split(self.delimiter)
+                if len(columns) != len(self.fields):
+                    return Garbled(f"{len(columns)} columns, expected {len(self.fields)}")
+                found = {
+                    name: value for name, value in zip(self.fields, columns, strict=True) if name
+                }
+            if not found:
+                return Garbled(f"nothing to read in {text[:40]!r}")
+            return {name: float(value) for name, value in found.items()}
+        except (UnicodeDecodeError, ValueError) as e:
+            return Garbled(f"{e} in {raw[:40]!r}")
+
+    def simulate(self, write: Write, stop: threading.Event) -> None:
+        """A device printing a slowly changing value per channel, once a second."""
+        names = [c.name for c in self.channels]
+        while not stop.wait(1.0):
+            values = [20 + 5 * math.sin(time.time() / 60 + i) for i in range(len(names))]
+            if self.format == "kv":
+                text = " ".join(f"{n}={v:.2f}" for n, v in zip(names, values, strict=True))
+            else:
+                it = iter(values)
+                text = self.delimiter.join(f"{next(it):.2f}" if f else "x" for f in self.fields)
+            write(text.encode(self.encoding) + self.ending)
