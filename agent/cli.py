@@ -166,9 +166,16 @@ def _describe(name: str | None) -> int:
 
 def _component_text(cls: type) -> str:
     from agent.registry import Component
+    from drivers.base import Driver
 
     assert issubclass(cls, Component)
     lines = [f"  {cls.name} - {cls.summary()}"]
+    if issubclass(cls, Driver):
+        reports = ", ".join(
+            " ".join(filter(None, (c.name, c.unit, c.device_class and f"[{c.device_class}]")))
+            for c in cls.channels
+        )
+        lines.append(f"      reports: {reports or 'the channels its parameters name'}")
     for p in cls.params():
         default = "required" if p.required else f"default {_toml(p.default)}"
         doc = f": {p.doc}" if p.doc else ""

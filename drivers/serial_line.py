@@ -22,6 +22,8 @@ PAIR = re.compile(r"([A-Za-z_][\w.-]*)\s*[=:]\s*([^\s,;]+)")
 class SerialLine(SerialDevice, name="serial_line"):
     """Text lines from a serial port, parsed as CSV, key=value pairs or a regular expression."""
 
+    channels: tuple[Channel, ...] = ()  # named by the fields or the pattern
+
     def __init__(
         self,
         *,

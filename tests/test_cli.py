@@ -216,6 +216,8 @@ def sections(text: str) -> dict[str, dict[str, list[str]]]:
         if line and not line.startswith(" "):
             kind = line.removesuffix(":")
             result[kind] = {}
+        elif line.startswith("      reports: "):
+            continue  # a driver's channels, checked on their own
         elif line.startswith("      "):
             result[kind][component].append(line.strip())
         elif line.startswith("  "):
@@ -285,8 +287,9 @@ def test_describe_one_driver_shows_only_it_with_inherited_faults(tmp_path: Path)
     assert (result.returncode, result.stderr) == (0, "")
     lines = result.stdout.splitlines()
     assert lines[0] == SINE_HEADER
-    params = [line.strip() for line in lines[1:]]
-    assert all(line.startswith("      ") for line in lines[1:])
+    assert lines[1] == "      reports: value"
+    params = [line.strip() for line in lines[2:]]
+    assert all(line.startswith("      ") for line in lines[2:])
     assert [p.split(" ")[0] for p in params] == [
         "amplitude",
         "offset",
@@ -304,6 +307,21 @@ def test_describe_one_driver_shows_only_it_with_inherited_faults(tmp_path: Path)
     assert "clock" not in result.stdout
     for other in ["counter", "random_walk", "replay", "drivers:", "stages:", "sinks:", "median"]:
         assert other not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("driver", "reports"),
+    [
+        ("bme280", "temperature °C [temperature], humidity % [humidity], pressure hPa [pressure]"),
+        ("pms5003", "pm1_0 µg/m³ [pm1], pm2_5 µg/m³ [pm25], pm10 µg/m³ [pm10], pm1_0_atm µg/m³"),
+        ("serial_line", "the channels its parameters name"),
+    ],
+)
+def test_describe_shows_what_a_driver_reports_with_units_and_device_classes(
+    driver: str, reports: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["describe", driver]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith(f"      reports: {reports}")
 
 
 def test_describe_a_sink_hides_its_injected_stream(capsys: pytest.CaptureFixture[str]) -> None:
@@ -431,11 +449,12 @@ def test_describe_is_derived_from_code_for_a_new_driver(
             yield 1.0
 
     assert main(["describe", name]) == 0
-    params = [line.split(" (")[0].strip() for line in capsys.readouterr().out.splitlines()[1:]]
+    params = [line.split(" (")[0].strip() for line in capsys.readouterr().out.splitlines()[2:]]
     assert params == ["high", "duty", *FAULTS]
     assert main(["describe", f"{name}_push"]) == 0
     assert capsys.readouterr().out.splitlines() == [
         f"  {name}_push - Pushes values.",
+        "      reports: value",
         "      port (a string; required): the serial port",
     ]
     assert Square.mode == "poll"
