@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_SECONDS ?= 0
+DEMO_CONFIG ?= config/simulated.toml
 
 .PHONY: demo test lint typecheck pytest clean mosquitto bench
 
@@ -18,7 +19,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP) mosquitto
 	@echo "edge-agent demo: simulated sensors -> pipeline -> 5 s windows -> MQTT. Ctrl-C stops it."
-	@DEMO_SECONDS=$(DEMO_SECONDS) $(BIN)/python -m agent.demo
+	@DEMO_SECONDS=$(DEMO_SECONDS) DEMO_CONFIG=$(DEMO_CONFIG) $(BIN)/python -m agent.demo
 
 test: $(STAMP) mosquitto lint typecheck pytest
 

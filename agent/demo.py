@@ -96,7 +96,7 @@ class Mosquitto:
 
 def main() -> int:
     seconds = float(os.environ.get("DEMO_SECONDS") or 0) or None
-    config_path = Path("config/simulated.toml")
+    config_path = Path(os.environ.get("DEMO_CONFIG") or "config/simulated.toml")
     with tempfile.TemporaryDirectory(prefix="edge-agent-demo-") as scratch:
         try:
             broker = Mosquitto(Path(scratch)).start()
