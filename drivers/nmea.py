@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from functools import reduce
+
 from drivers.base import Channel, Garbled, Sample
 from drivers.serial_port import SerialDevice, Write
 
@@ -31,7 +32,10 @@ class NMEA(SerialDevice, name="nmea"):
 
     async def stream(self) -> AsyncIterator[Sample]:
         async for line in self.lines(b"\n", 120):  # a sentence is at most 82 characters
-            if line is None or b"GGA," in line or b"RMC," in line:
+            # A line without its "$" is the tail of a sentence (the port opened, or bytes were
+            # lost, mid-way): its type is unknown, but it is damaged input all the same.
+            partial = line is not None and line.strip() != b"" and not line.startswith((b"$", b"!"))
+            if line is None or partial or b"GGA," in line or b"RMC," in line:
                 yield parse(line)
 
     def simulate(self, write: Write, stop: threading.Event) -> None:
