@@ -16,6 +16,7 @@ from agent.schema import Injected
 from drivers.base import Driver
 
 Twin = Callable[[threading.Event], None]  # the twin's loop, until the event is set
+Pin = Annotated[int | str, 'the BCM number (17) or a gpiozero pin name ("GPIO17", "BOARD11")']
 
 
 class GPIODevice(Driver):
@@ -37,21 +38,29 @@ class GPIODevice(Driver):
     ) -> None:
         self.pins = pins
         self.factory: Any = pin_factory
+        self.twin = pin_factory is None and pins == "simulated"  # a test's pins are its own
         self._stop = threading.Event()
         self._twin: threading.Thread | None = None
 
     async def open(self) -> None:
         if self.factory is None:
             self.factory = _board_factory() if self.pins == "board" else _mock_factory()
-            if self.pins == "simulated":
-                loop = self.simulate(self.factory)
-                if loop is not None:
-                    self._stop = threading.Event()  # a fresh one: the last twin may still stop
-                    self._twin = threading.Thread(
-                        target=loop, args=(self._stop,), name=f"twin-{type(self).name}", daemon=True
-                    )
-                    self._twin.start()
-        self.attach(self.factory)
+        if self.twin and (loop := self.simulate(self.factory)) is not None:
+            self._stop = threading.Event()  # a fresh one: the last twin may still be stopping
+            self._twin = threading.Thread(
+                target=loop, args=(self._stop,), name=f"twin-{type(self).name}", daemon=True
+            )
+            self._twin.start()
+        from gpiozero import Device
+
+        # gpiozero 2.0's software SPI (all SPI on mock pins) asks for the default factory
+        # whatever it is handed; off a board none loads, so ours stands in while we build.
+        default = Device.pin_factory
+        Device.pin_factory = default or self.factory
+        try:
+            self.attach(self.factory)
+        finally:
+            Device.pin_factory = default
 
     async def close(self) -> None:
         self._stop.set()
