@@ -192,4 +192,6 @@ def _toml(value: object) -> str:
         return f'"{value}"'
     if isinstance(value, Path):
         return f'"{value}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
     return repr(value)

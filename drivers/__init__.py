@@ -4,7 +4,24 @@ Importing this package registers the built-in drivers; a third-party package
 registers its own through the `edge_agent.drivers` entry point group.
 """
 
-from drivers import bme280, counter, nmea, pms5003, random_walk, replay, serial_line, sht31, sine
+from drivers import (
+    ads1115,
+    bh1750,
+    bme280,
+    counter,
+    digital_input,
+    hcsr04,
+    mcp3008,
+    motion,
+    nmea,
+    pms5003,
+    pulse_counter,
+    random_walk,
+    replay,
+    serial_line,
+    sht31,
+    sine,
+)
 from drivers.base import Channel, Driver, Garbled, Sample
 from drivers.simulated import InjectedFault, Signal, Simulated
 
@@ -16,10 +33,17 @@ __all__ = [
     "Sample",
     "Signal",
     "Simulated",
+    "ads1115",
+    "bh1750",
     "bme280",
     "counter",
+    "digital_input",
+    "hcsr04",
+    "mcp3008",
+    "motion",
     "nmea",
     "pms5003",
+    "pulse_counter",
     "random_walk",
     "replay",
     "serial_line",

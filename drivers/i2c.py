@@ -25,6 +25,8 @@ class Bus(Protocol):
 
     def write_byte_data(self, i2c_addr: int, register: int, value: int) -> None: ...
 
+    def write_i2c_block_data(self, i2c_addr: int, register: int, data: list[int]) -> None: ...
+
     def i2c_rdwr(self, *messages: Any) -> None: ...
 
     def close(self) -> None: ...
@@ -42,23 +44,50 @@ class SimulatedBus:
 
     A chip driven by commands instead (an SHT31: write 0x2400, then read 6 bytes) is a map
     too: the command is the register its answer starts at ("0x2400" = [...]).
+
+    A chip whose registers are wider than a byte says so with `register_bytes`: each value is
+    then one whole register, sent most significant byte first. An ADS1115's 16-bit registers
+    sit at pointers 0x00 and 0x01, which bytes at consecutive registers could not hold apart
+    (nor a BH1750's 16-bit answers to its commands 0x20 and 0x21):
+
+        ["0x48"]
+        register_bytes = 2
+        "0x00" = 0x7FFF  # conversion
+        "0x01" = 0x8583  # config
+
+    `writes` records every write as (address, register, value), for tests: the byte of a
+    `write_byte_data`; the bytes of a `write_i2c_block_data` as one big-endian number
+    (0x8583 for [0x85, 0x83]); for a command sent by `i2c_rdwr`, how many bytes it had.
     """
 
-    def __init__(self, devices: dict[int, dict[int, int | list[int]]]) -> None:
+    def __init__(
+        self,
+        devices: dict[int, dict[int, int | list[int]]],
+        *,
+        register_bytes: dict[int, int] | None = None,
+    ) -> None:
         self.registers: dict[int, dict[int, int]] = {}
+        self.register_bytes = dict(register_bytes or {})  # per device; 1 unless given
         self.pointer: dict[int, int] = {}  # per device: where a plain read starts
-        self.writes: list[tuple[int, int, int]] = []  # (address, register, value), for tests
+        self.writes: list[tuple[int, int, int]] = []
         for address, registers in devices.items():
             memory = self.registers.setdefault(address, {})
+            limit = 256 ** self.register_bytes.get(address, 1)
             for register, value in registers.items():
-                for offset, byte in enumerate(value if isinstance(value, list) else [value]):
-                    memory[register + offset] = byte
+                for offset, word in enumerate(value if isinstance(value, list) else [value]):
+                    if not 0 <= word < limit:  # a typo in a map file, caught at load
+                        where = f"0x{address:02x} register 0x{register + offset:02x}"
+                        raise ValueError(f"{where}: {word:#x} does not fit the register")
+                    memory[register + offset] = word
 
     @classmethod
     def load(cls, path: Path) -> SimulatedBus:
         text = path.read_text(encoding="utf-8")
         raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-        return cls({int(a, 0): {int(r, 0): v for r, v in regs.items()} for a, regs in raw.items()})
+        devices = {int(a, 0): dict(regs) for a, regs in raw.items()}
+        widths = {a: regs.pop("register_bytes", 1) for a, regs in devices.items()}
+        registers = {a: {int(r, 0): v for r, v in regs.items()} for a, regs in devices.items()}
+        return cls(registers, register_bytes=widths)
 
     def _device(self, address: int) -> dict[int, int]:
         try:
@@ -67,12 +96,20 @@ class SimulatedBus:
             raise OSError(121, f"no device at 0x{address:02x} (remote I/O error)") from None
 
     def read_i2c_block_data(self, i2c_addr: int, register: int, length: int) -> list[int]:
-        memory = self._device(i2c_addr)
-        return [memory.get(register + i, 0) for i in range(length)]
+        memory, width = self._device(i2c_addr), self.register_bytes.get(i2c_addr, 1)
+        words = (memory.get(register + i, 0) for i in range(-(-length // width)))
+        return list(b"".join(word.to_bytes(width, "big") for word in words)[:length])
 
     def write_byte_data(self, i2c_addr: int, register: int, value: int) -> None:
         self._device(i2c_addr)[register] = value
         self.writes.append((i2c_addr, register, value))
+
+    def write_i2c_block_data(self, i2c_addr: int, register: int, data: list[int]) -> None:
+        memory, width = self._device(i2c_addr), self.register_bytes.get(i2c_addr, 1)
+        sent = bytes(data)
+        for i in range(0, len(sent), width):
+            memory[register + i // width] = int.from_bytes(sent[i : i + width], "big")
+        self.writes.append((i2c_addr, register, int.from_bytes(sent, "big")))
 
     def i2c_rdwr(self, *messages: Any) -> None:
         """smbus2's combined transfers: a write sets where the next read starts (a register or

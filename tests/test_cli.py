@@ -498,3 +498,9 @@ def test_describe_shows_a_nested_alias_doc_only_without_an_own_doc(
         "      keep (a number from 0 to 1; default 1.0): share of values kept",
         "      skip (a number from 0 to 1; default 0.0): a probability per read",
     ]
+
+
+def test_describe_writes_a_list_default_as_toml(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["describe", "mcp3008"]) == 0
+    inputs = next(line for line in capsys.readouterr().out.splitlines() if "inputs (" in line)
+    assert "; default [0])" in inputs  # what a config would write, not Python's (0,)
