@@ -1,4 +1,5 @@
-"""Drivers: the base class to subclass, and the built-in drivers.
+"""Drivers: the base classes to subclass (`Driver`; `I2CDevice`, `SerialDevice`, `GPIODevice`
+for hardware) and the built-in drivers.
 
 Importing this package registers the built-in drivers; a third-party package
 registers its own through the `edge_agent.drivers` entry point group.
@@ -23,16 +24,24 @@ from drivers import (
     sine,
 )
 from drivers.base import Channel, Driver, Garbled, Sample
+from drivers.gpio import GPIODevice
+from drivers.i2c import I2CDevice, SimulatedBus
+from drivers.serial_port import Pty, SerialDevice
 from drivers.simulated import InjectedFault, Signal, Simulated
 
 __all__ = [
     "Channel",
     "Driver",
+    "GPIODevice",
     "Garbled",
+    "I2CDevice",
     "InjectedFault",
+    "Pty",
     "Sample",
+    "SerialDevice",
     "Signal",
     "Simulated",
+    "SimulatedBus",
     "ads1115",
     "bh1750",
     "bme280",

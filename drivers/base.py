@@ -17,7 +17,7 @@ import inspect
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal, Self
 
 from agent.registry import Component, Registry
 
@@ -86,7 +86,7 @@ class Driver(Component):
     async def close(self) -> None:
         """Release the device; called once, when the agent stops or the driver's stream ends."""
 
-    async def __aenter__(self) -> Driver:
+    async def __aenter__(self) -> Self:
         await self.open()
         return self
 
