@@ -59,15 +59,21 @@ class GPIODevice(Driver):
         Device.pin_factory = default or self.factory
         try:
             self.attach(self.factory)
+        except BaseException:
+            self._stop_twin()  # close() follows only an open() that succeeded
+            raise
         finally:
             Device.pin_factory = default
 
     async def close(self) -> None:
+        self._stop_twin()
+        self.detach()
+
+    def _stop_twin(self) -> None:
         self._stop.set()
         if self._twin is not None:
             self._twin.join(timeout=1.0)
             self._twin = None
-        self.detach()
 
     @classmethod
     def check_contract(cls) -> None:

@@ -311,3 +311,17 @@ async def test_the_twin_comes_back_when_the_driver_is_reopened() -> None:
         await until(lambda: counter._pulses > 0)
     finally:
         await counter.close()
+
+
+async def test_a_failed_open_leaves_no_twin_running() -> None:
+    # The agent closes only a driver that opened; a twin started by a failed open would
+    # otherwise drive its pins for the rest of the process.
+    counter = PulseCounter(pin=12, pull_up=True, pins="simulated")
+
+    def refuse(factory: Any) -> None:
+        raise RuntimeError("pin in use")
+
+    counter.attach = refuse  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="pin in use"):
+        await counter.open()
+    assert not any(t.name == "twin-pulse_counter" and t.is_alive() for t in threading.enumerate())
