@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from agent.schema import Bounds
+from agent.schema import Bounds, Invalid, found
 from drivers.base import Channel, Garbled, Sample
 from drivers.serial_port import SerialDevice, Write
 
@@ -40,7 +40,11 @@ class SerialLine(SerialDevice, name="serial_line"):
     ) -> None:
         super().__init__(**port)
         self.format, self.fields, self.delimiter = format, fields, delimiter
-        self.regex = re.compile(pattern) if format == "regex" else None
+        try:
+            self.regex = re.compile(pattern) if format == "regex" else None
+        except re.error as e:  # not a ValueError: the config check would crash on it
+            why = f"expected a regular expression, got {found(pattern)}: {e}"
+            raise Invalid("pattern", why) from None
         names = list(self.regex.groupindex) if self.regex else [f for f in fields if f]
         if not names:
             raise ValueError("no channels: name the fields, or groups in the pattern")
@@ -68,7 +72,9 @@ class SerialLine(SerialDevice, name="serial_line"):
             text = raw.decode(self.encoding)
             if self.regex is not None:
                 match = self.regex.search(text)
-                found = match.groupdict() if match else {}
+                # An optional group that did not take part is None: no value this time.
+                groups = match.groupdict() if match else {}
+                found = {name: value for name, value in groups.items() if value is not None}
             elif self.format == "kv":
                 found = {k: v for k, v in PAIR.findall(text) if k in self.fields}
             else:

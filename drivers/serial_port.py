@@ -130,13 +130,17 @@ class SerialDevice(Driver):
         raise ConnectionError(f"{self.port}: the device closed the port")
 
     async def lines(self, separator: bytes, limit: int) -> AsyncIterator[bytes | None]:
-        """Complete lines without their separator; None for input dropped as longer than
-        `limit` bytes (a line that never ends is garbage, and memory stays bounded)."""
-        pending = b""
+        """Complete lines without their separator; None once for each line dropped as longer
+        than `limit` bytes (a line that never ends is garbage, and memory stays bounded)."""
+        pending, dropping = b"", False
         async for data in self.chunks():
             *complete, pending = (pending + data).split(separator)
             for line in complete:
-                yield line if len(line) <= limit else None
+                if dropping:  # the tail of a line already dropped: not a line of its own
+                    dropping = False
+                else:
+                    yield line if len(line) <= limit else None
             if len(pending) > limit:
-                yield None
-                pending = b""
+                if not dropping:
+                    yield None
+                pending, dropping = b"", True
