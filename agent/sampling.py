@@ -241,12 +241,16 @@ class SensorRunner:
                     self._emit(self.clock.time(), sample)
                 _log.info("stream_ended", sensor=self.sensor.name)
                 return
+            except asyncio.CancelledError as e:
+                if _stopping():
+                    raise
+                self._failed(e)  # the driver's own code cancelled its stream
             except Exception as e:
                 self._failed(e)
-                # Reopen from scratch: a device that vanished (a USB serial adapter
-                # unplugged) comes back as a new device; the breaker spaces the attempts.
-                await self._close()
-                await asyncio.sleep(self.sensor.interval)
+            # Reopen from scratch: a device that vanished (a USB serial adapter
+            # unplugged) comes back as a new device; the breaker spaces the attempts.
+            await self._close()
+            await asyncio.sleep(self.sensor.interval)
 
     def _emit(self, ts: float, sample: Sample) -> None:
         try:

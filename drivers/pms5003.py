@@ -33,22 +33,23 @@ class PMS5003(SerialDevice, name="pms5003"):
     )
 
     async def stream(self) -> AsyncIterator[Sample]:
-        pending = b""
+        pending, resyncing = b"", False
         async for data in self.chunks():
             pending += data
             while True:
                 start = pending.find(START)
                 if start < 0:  # no frame starts here; a last "B" may be half of one
                     start = len(pending) - pending.endswith(START[:1])
-                if start:
+                if start and not resyncing:  # the rest of a broken frame was counted with it
                     yield Garbled(f"{start} bytes out of frame")
-                    pending = pending[start:]
+                pending = pending[start:]
                 if len(pending) < SIZE:
                     break
                 sample = parse(pending[:SIZE])
                 # After a broken frame, search for the next start inside it: its length
                 # and sum were wrong, so its end is not known.
-                pending = pending[1:] if isinstance(sample, Garbled) else pending[SIZE:]
+                resyncing = isinstance(sample, Garbled)
+                pending = pending[1:] if resyncing else pending[SIZE:]
                 yield sample
 
     def simulate(self, write: Write, stop: threading.Event) -> None:

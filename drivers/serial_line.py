@@ -47,18 +47,23 @@ class SerialLine(SerialDevice, name="serial_line"):
             raise Invalid("pattern", why) from None
         names = list(self.regex.groupindex) if self.regex else [f for f in fields if f]
         if not names:
-            raise ValueError("no channels: name the fields, or groups in the pattern")
+            key, what = ("pattern", "named groups") if self.regex else ("fields", "field names")
+            raise Invalid(key, f"expected {what}, one per channel; got none")
+        for key, table in (("units", units or {}), ("device_classes", device_classes or {})):
+            if unknown := sorted(set(table) - set(names)):
+                raise Invalid(key, f"expected channels among {names}, got {unknown}")
         units, classes = units or {}, device_classes or {}
-        if unknown := (set(units) | set(classes)) - set(names):
-            raise ValueError(f"units or device_classes name unknown channels: {sorted(unknown)}")
         self.channels = tuple(Channel(n, units.get(n, ""), classes.get(n, "")) for n in names)
         self.ending, self.encoding, self.max_line = ENDINGS[line_ending], encoding, max_line
         try:
             codecs.lookup(encoding)
         except LookupError:
-            raise ValueError(f"unknown encoding {encoding!r}") from None
+            why = f'expected a codec such as "utf-8", got {found(encoding)}'
+            raise Invalid("encoding", why) from None
+        if format == "csv" and not delimiter:
+            raise Invalid("delimiter", 'expected a character such as ",", got ""')
         if self.regex is not None and self.port == "simulated":
-            raise ValueError("the twin cannot guess lines for a pattern: simulate csv or kv")
+            raise Invalid("port", "expected a device: the twin cannot guess lines for a pattern")
 
     async def stream(self) -> AsyncIterator[Sample]:
         async for line in self.lines(self.ending, self.max_line):

@@ -81,6 +81,7 @@ class SerialDevice(Driver):
         self.reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._pty: Pty | None = None
+        self._twin: threading.Thread | None = None
         self._stop = threading.Event()
         if port == "simulated" and type(self).simulate is SerialDevice.simulate:
             raise ValueError(
@@ -90,27 +91,34 @@ class SerialDevice(Driver):
     async def open(self) -> None:
         import serial_asyncio  # imported here: `check` and `describe` never need it
 
-        path = self.port
-        if path == "simulated":
+        if self.port == "simulated":
             self._pty = Pty()
+        try:
+            self.reader, self._writer = await serial_asyncio.open_serial_connection(
+                url=self._pty.path if self._pty else self.port, **self.settings
+            )
+        except BaseException:
+            await self.close()  # the agent closes only a driver that opened
+            raise
+        if self._pty is not None:
+            # Started once the port is open: pyserial discards what arrived before.
             self._stop = threading.Event()  # a fresh one: the last twin may still be stopping
-            twin = threading.Thread(
+            self._twin = threading.Thread(
                 target=self._simulate,
                 args=(self._pty, self._stop),
                 name=f"twin-{self.name}",
                 daemon=True,
             )
-            twin.start()
-            path = self._pty.path
-        self.reader, self._writer = await serial_asyncio.open_serial_connection(
-            url=path, **self.settings
-        )
+            self._twin.start()
 
     async def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer, self.reader = None, None
         self._stop.set()
+        if self._twin is not None:  # joined first, so it never writes to a closed descriptor
+            await asyncio.to_thread(self._twin.join, 2.0)
+            self._twin = None
         if self._pty is not None:
             self._pty.close()
             self._pty = None

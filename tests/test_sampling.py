@@ -85,6 +85,19 @@ class Bursts(Driver, name="test_bursts"):
         raise ConnectionError("device reset")
 
 
+class Cancels(Driver, name="test_cancels"):
+    """A push device whose own code cancels its stream after each value (a library that
+    cancels an inner task and lets the CancelledError escape)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    async def stream(self) -> AsyncIterator[Sample]:
+        self.n += 1
+        yield float(self.n)
+        raise asyncio.CancelledError
+
+
 def config(sensors: list[dict[str, Any]], **agent: Any) -> Config:
     document = {"agent": {"device_id": "t", "breaker": {"failures": 2, "cooldown": 0.1}, **agent}}
     return parse({**document, "sensors": sensors}, Path("test.toml"))
@@ -181,6 +194,13 @@ async def test_a_push_stream_that_breaks_is_restarted() -> None:
     assert values == [float(n) for n in range(1, len(values) + 1)]
     assert len(values) >= 4
     assert agent.runners[0].stats.errors >= 2
+
+
+async def test_a_stream_cancelled_by_its_own_driver_is_a_failure_not_the_end() -> None:
+    cfg = config([{"name": "c", "driver": "test_cancels", "interval": 0.02}])
+    agent, sink = await run_agent(cfg, 0.5)
+    assert [r.value for r in sink.readings("c")][:3] == [1.0, 2.0, 3.0]
+    assert agent.runners[0].stats.errors >= 3
 
 
 async def test_stopping_flushes_open_windows_as_partial_and_closes_sinks() -> None:

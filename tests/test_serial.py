@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import operator
+import os
 import struct
 import threading
 import time
@@ -219,23 +220,27 @@ async def test_line_endings(ending: Any, chunks: list[bytes]) -> None:
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        pytest.param({}, "no channels: name the fields", id="no-fields"),
-        pytest.param({"fields": ("", "")}, "no channels", id="only-skipped-columns"),
+        pytest.param({}, "expected field names, one per channel; got none", id="no-fields"),
+        pytest.param({"fields": ("", "")}, "expected field names", id="only-skipped-columns"),
         pytest.param(
-            {"format": "regex", "pattern": r"T=([\d.]+)"}, "no channels", id="no-named-group"
+            {"format": "regex", "pattern": r"T=([\d.]+)"},
+            "expected named groups",
+            id="no-named-group",
         ),
         pytest.param(
             {"fields": ("t",), "units": {"temp": "°C"}},
-            r"units or device_classes name unknown channels: \['temp'\]",
+            r"expected channels among \['t'\], got \['temp'\]",
             id="unit-of-an-unknown-channel",
         ),
         pytest.param(
             {"fields": ("t", "", "rh"), "device_classes": {"": "humidity"}},
-            r"unknown channels: \[''\]",
+            r"expected channels among \['t', 'rh'\], got \[''\]",
             id="device-class-of-a-skipped-column",
         ),
         pytest.param(
-            {"fields": ("t",), "encoding": "utf-9"}, "unknown encoding 'utf-9'", id="encoding"
+            {"fields": ("t",), "encoding": "utf-9"},
+            'codec such as "utf-8", got "utf-9"',
+            id="encoding",
         ),
         pytest.param(
             {"format": "regex", "pattern": r"(?P<t>\d+)", "port": "simulated"},
@@ -246,6 +251,9 @@ async def test_line_endings(ending: Any, chunks: list[bytes]) -> None:
             {"format": "regex", "pattern": "(?P<t>"},
             'expected a regular expression, got "\\(\\?P<t>": missing \\)',
             id="bad-regex",
+        ),
+        pytest.param(
+            {"fields": ("t",), "delimiter": ""}, "expected a character", id="no-delimiter"
         ),
     ],
 )
@@ -259,7 +267,7 @@ def test_configuration_errors_are_value_errors(params: dict[str, Any], message: 
     [
         pytest.param(
             'fields = ["t"]\nencoding = "utf-9"',
-            "sensors[0]: unknown encoding 'utf-9'",
+            'sensors[0].encoding: expected a codec such as "utf-8", got "utf-9"',
             id="encoding",
         ),
         # re.error is no ValueError: it used to escape the check as a traceback (exit 1).
@@ -438,7 +446,8 @@ async def test_a_frame_with_a_wrong_checksum_is_garbled_and_the_next_frame_reads
             pty.write(broken + OTHER)
             got = await take_until_values(samples)
     assert garbled(got[0], "checksum 0x0208 does not match 0x0209")
-    assert all(isinstance(s, Garbled) for s in got[:-1])
+    # One broken frame is one garbled sample: the bytes skipped after it are part of it.
+    assert len(got) == 2
     assert has(got[-1], OTHER_VALUES)
 
 
@@ -685,3 +694,38 @@ async def test_the_three_twins_run_in_one_agent() -> None:
         "the twins stopping",
         timeout=1.0,
     )
+
+
+async def test_a_twin_is_heard_from_its_first_byte_and_stops_with_its_port() -> None:
+    """The twin starts once the port is open (pyserial discards what came before), and
+    close() waits for it before closing the pseudo-terminal it writes to."""
+
+    class Chatty(SerialLine, name="test_chatty_line"):
+        def simulate(self, write: Callable[[bytes], None], stop: threading.Event) -> None:
+            write(b"1\n")  # at once, before any pause
+            stop.wait()
+
+    driver = Chatty(port="simulated", fields=("v",))
+    async with streaming(driver) as samples:
+        assert await asyncio.wait_for(anext(samples), 0.5) == {"v": 1.0}
+        twin = driver._twin
+    assert twin is not None
+    assert not twin.is_alive()
+
+
+async def test_a_failed_open_leaves_no_pty_or_twin_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import serial_asyncio
+
+    async def refuse(**settings: Any) -> None:
+        raise OSError("could not configure the port")
+
+    monkeypatch.setattr(serial_asyncio, "open_serial_connection", refuse)
+    driver = PMS5003(port="simulated")
+    fds = set(os.listdir("/proc/self/fd"))
+    for _ in range(3):  # the agent retries a failed open
+        with pytest.raises(OSError, match="could not configure"):
+            await driver.open()
+    assert set(os.listdir("/proc/self/fd")) == fds
+    assert not any(t.name == "twin-pms5003" for t in threading.enumerate())
