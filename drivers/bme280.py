@@ -36,6 +36,9 @@ class BME280(I2CDevice, name="bme280"):
         code = OVERSAMPLING[oversampling]
         self.ctrl_meas = code << 5 | code << 2 | (0b01 if mode == "forced" else 0b11)
         self.ctrl_hum = code
+        # Datasheet 9.1, the longest measurement: 1.25 ms + 2.3 ms an oversample of each of T,
+        # P and H, + 0.575 ms for each of P and H.
+        self.measure_time = (1.25 + 3 * 2.3 * oversampling + 2 * 0.575) / 1000
         self.calibration: tuple[float, ...] = ()
 
     def read_blocking(self) -> Sample:
@@ -44,13 +47,15 @@ class BME280(I2CDevice, name="bme280"):
             chip = bus.read_i2c_block_data(address, 0xD0, 1)[0]
             if chip != 0x60:
                 raise OSError(f"no BME280 at 0x{address:02x}: chip id 0x{chip:02x}")
-            self.calibration = calibration(
+            coefficients = calibration(
                 bytes(bus.read_i2c_block_data(address, 0x88, 26)),
                 bytes(bus.read_i2c_block_data(address, 0xE1, 7)),
             )
             bus.write_byte_data(address, 0xF2, self.ctrl_hum)  # applies at the next ctrl_meas
             if self.measuring == "normal":
                 bus.write_byte_data(address, 0xF4, self.ctrl_meas)
+                time.sleep(self.measure_time)  # till then the data registers hold reset values
+            self.calibration = coefficients  # set up only once all of it went through
         if self.measuring == "forced":
             bus.write_byte_data(address, 0xF4, self.ctrl_meas)
             for _ in range(50):  # at most ~115 ms at 16x oversampling

@@ -60,7 +60,10 @@ class GPIODevice(Driver):
         try:
             self.attach(self.factory)
         except BaseException:
-            self._stop_twin()  # close() follows only an open() that succeeded
+            # close() follows only an open() that succeeded: release here what attach() got
+            # before it failed, or each retry would find the pin still held by this driver.
+            self._stop_twin()
+            self.detach()
             raise
         finally:
             Device.pin_factory = default

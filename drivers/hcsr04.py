@@ -13,7 +13,7 @@ from drivers.base import Channel, Sample
 from drivers.gpio import GPIODevice, Pin, Twin
 
 SPEED_OF_SOUND = 343.26  # m/s, gpiozero's figure, so the twin's echoes read back as sent
-FIRST_ECHO = 0.5  # s: several of gpiozero's echo cycles (a 60 ms pause, then up to 100 ms)
+NO_ECHO = 0.5  # s: several of gpiozero's echo cycles (a 60 ms pause, then up to 100 ms)
 
 
 class HCSR04(GPIODevice, name="hcsr04"):
@@ -40,6 +40,8 @@ class HCSR04(GPIODevice, name="hcsr04"):
         self.echo, self.trigger = echo, trigger
         self.max_distance, self.queue_len = max_distance, queue_len
         self.sensor: Any = None
+        self._on_echo: Any = None  # gpiozero's own handler of ECHO's edges
+        self.echoed = -math.inf  # when ECHO last changed (time.monotonic)
 
     def attach(self, factory: Any) -> None:
         from gpiozero import DistanceSensor, PWMSoftwareFallback
@@ -57,6 +59,14 @@ class HCSR04(GPIODevice, name="hcsr04"):
                 partial=True,
                 pin_factory=factory,
             )
+        # gpiozero keeps the median of past echoes when no more come (a wire came off): so
+        # note when each edge comes, and hand it on.
+        self.echoed, self._on_echo = -math.inf, self.sensor.pin.when_changed
+        self.sensor.pin.when_changed = self._echo_changed
+
+    def _echo_changed(self, ticks: float, state: int) -> None:
+        self.echoed = time.monotonic()
+        self._on_echo(ticks, state)
 
     def detach(self) -> None:
         if self.sensor is not None:
@@ -64,11 +74,11 @@ class HCSR04(GPIODevice, name="hcsr04"):
             self.sensor = None
 
     def read_blocking(self) -> Sample:
-        deadline = time.monotonic() + FIRST_ECHO
+        deadline = time.monotonic() + NO_ECHO
         # A partial queue still empty reads 0.0; a real echo always takes some time.
-        while (value := self.sensor.value) == 0.0:
+        while (value := self.sensor.value) == 0.0 or time.monotonic() - self.echoed > NO_ECHO:
             if time.monotonic() > deadline:
-                raise OSError(f"HC-SR04 on GPIO{self.echo}: no echo since it was opened")
+                raise OSError(f"HC-SR04 on GPIO{self.echo}: no echo for {NO_ECHO:g} s")
             time.sleep(0.02)
         return None if value >= 1.0 else float(value) * self.max_distance
 

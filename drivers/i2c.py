@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 
+from agent.schema import Invalid
 from drivers.base import Driver
 
 I2C_M_RD = 1  # the read flag of an i2c_msg (linux/i2c.h)
@@ -152,6 +153,9 @@ class I2CDevice(Driver):
         *,
         bus: Annotated[int | Path, "I2C bus number, or a register-map file to simulate"] = 1,
     ) -> None:
+        if isinstance(bus, Path) and bus.suffix not in (".toml", ".json"):  # "/dev/i2c-1"
+            wanted = "a bus number (1 for /dev/i2c-1) or a register map (.toml or .json)"
+            raise Invalid("bus", f'expected {wanted}, got "{bus}"')
         self.bus_name = bus
         self._bus: Bus | None = None
 

@@ -23,6 +23,7 @@ from drivers.digital_input import ActiveState, PullUp, active_high
 from drivers.gpio import GPIODevice, Pin, Twin
 
 SECONDS = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
+SHORTEST = 0.001  # s, the shortest poll interval: a window shorter is the read right after open
 
 
 class PulseCounter(GPIODevice, name="pulse_counter"):
@@ -63,8 +64,9 @@ class PulseCounter(GPIODevice, name="pulse_counter"):
             self.pin, pull_up=self.pull_up, active_state=self.active_state, pin_factory=factory
         )
         with self._lock:
-            self._pulses, self._last, self._since = 0, None, time.monotonic()
+            self._pulses, self._last = 0, None
         self.device.pin.when_changed = self._edge
+        self._since = time.monotonic()  # counting starts now
 
     def detach(self) -> None:
         if self.device is not None:
@@ -84,10 +86,13 @@ class PulseCounter(GPIODevice, name="pulse_counter"):
 
     async def read(self) -> Sample:
         with self._lock:
-            now, pulses, self._pulses = time.monotonic(), self._pulses, 0
+            now = time.monotonic()
+            # The agent reads at once after opening: a window that short has no rate to tell
+            # (0 per hour, or a pulse in a few µs: a gale), so its pulses go to the next one.
+            if now - self._since < SHORTEST:
+                return None
+            pulses, self._pulses = self._pulses, 0
         elapsed, self._since = now - self._since, now
-        if elapsed <= 0:  # two reads within one tick of the clock: no rate to tell
-            return {"count": float(pulses)}
         return {"count": float(pulses), "rate": pulses / elapsed * self.scale}
 
     def simulate(self, factory: Any) -> Twin:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,56 @@ def test_normal_mode_and_oversampling_are_written_once() -> None:
     assert driver.bus.writes == [(0x76, 0xF2, 0b101), (0x76, 0xF4, 0b101_101_11)]  # type: ignore[union-attr]
 
 
+RESET = [0x80, 0x00, 0x00, 0x80, 0x00, 0x00, 0x80, 0x00]  # 0xF7-0xFE before any measurement
+
+
+def test_normal_mode_waits_for_its_first_measurement(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [0.0]  # the driver's sleeps advance this clock instead of passing
+    monkeypatch.setattr(time, "sleep", lambda s: now.__setitem__(0, now[0] + s))
+
+    class Chip(SimulatedBus):
+        """Its data registers keep their reset values until a measurement could have ended."""
+
+        started = float("inf")
+
+        def write_byte_data(self, i2c_addr: int, register: int, value: int) -> None:
+            super().write_byte_data(i2c_addr, register, value)
+            if register == 0xF4 and value & 0b11:
+                self.started = now[0]
+
+        def read_i2c_block_data(self, i2c_addr: int, register: int, length: int) -> list[int]:
+            if register == 0xF7 and now[0] - self.started < 0.0093:  # datasheet 9.1, at 1x
+                return RESET[:length]
+            return super().read_i2c_block_data(i2c_addr, register, length)
+
+    driver = BME280(bus=MAP, mode="normal")
+    driver._bus = Chip.load(MAP)  # what open() would have set
+    first = driver.read_blocking()
+    assert isinstance(first, dict)
+    assert first["temperature"] == pytest.approx(25.08, abs=0.005)  # not the reset values'
+
+
+def test_a_setup_interrupted_by_a_bus_error_is_done_again() -> None:
+    class Flaky(SimulatedBus):
+        """A bus that loses the first write to ctrl_hum, as a long cable now and then does."""
+
+        lost = False
+
+        def write_byte_data(self, i2c_addr: int, register: int, value: int) -> None:
+            if register == 0xF2 and not self.lost:
+                self.lost = True
+                raise OSError(121, "Remote I/O error")
+            super().write_byte_data(i2c_addr, register, value)
+
+    driver = BME280(bus=MAP, mode="normal")
+    driver._bus = bus = Flaky.load(MAP)
+    with pytest.raises(OSError, match="Remote I/O"):
+        driver.read_blocking()
+    driver.read_blocking()
+    # Else the chip would stay asleep, its registers at their reset values, for good.
+    assert bus.writes == [(0x76, 0xF2, 0b001), (0x76, 0xF4, 0b001_001_11)]
+
+
 def test_a_missing_or_wrong_chip_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="no device at 0x77"):
         read(BME280(bus=MAP, address=0x77))
@@ -113,6 +164,18 @@ def test_a_config_names_the_bus_by_number_or_by_map_file(tmp_path: Path) -> None
     config = parse({"agent": {"device_id": "t"}, "sensors": sensors}, tmp_path / "t.toml")
     assert config.sensors[0].driver.kwargs["bus"] == MAP
     assert config.sensors[1].driver.kwargs == {"bus": 1, "address": 0x77}
+
+
+def test_a_device_path_for_a_bus_is_refused_not_read_as_a_register_map(tmp_path: Path) -> None:
+    from agent.config import ConfigError
+
+    sensors = [{"name": "pi", "driver": "bme280", "bus": "/dev/i2c-1"}]
+    with pytest.raises(ConfigError) as caught:
+        parse({"agent": {"device_id": "t"}, "sensors": sensors}, tmp_path / "t.toml")
+    assert caught.value.lines() == [
+        f"{tmp_path / 't.toml'}: sensors[0].bus: expected a bus number (1 for /dev/i2c-1)"
+        ' or a register map (.toml or .json), got "/dev/i2c-1"'
+    ]
 
 
 async def test_the_agent_runs_it_off_the_event_loop_with_three_channels(tmp_path: Path) -> None:

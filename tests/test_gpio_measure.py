@@ -93,6 +93,17 @@ def test_a_sensor_that_never_echoes_is_an_error() -> None:
         driver.read_blocking()
 
 
+def test_a_sensor_that_stops_echoing_is_an_error_not_its_last_distance() -> None:
+    factory, trigger = wired(0.5)
+    driver = hcsr04(factory)
+    with opened(driver):
+        settle(driver, 0.5)
+        trigger.echo_pin = factory.pin(5)  # ECHO's wire comes off: no more edges on GPIO27
+        time.sleep(0.6)  # longer than any gap between two echoes
+        with pytest.raises(OSError, match=r"no echo for 0\.5 s"):
+            driver.read_blocking()
+
+
 def test_echo_and_trigger_on_one_pin_is_refused() -> None:
     with pytest.raises(ValueError, match="other than echo"):
         HCSR04(echo=5, trigger=5)
