@@ -8,6 +8,7 @@ way the device would. Tests hand in their own `MockFactory` and drive the pins t
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
@@ -43,8 +44,10 @@ class GPIODevice(Driver):
         self._twin: threading.Thread | None = None
 
     async def open(self) -> None:
-        if self.factory is None:
-            self.factory = _board_factory() if self.pins == "board" else _mock_factory()
+        if self.twin:
+            self.factory = MockBoard.acquire()
+        elif self.factory is None:
+            self.factory = _board_factory()
         if self.twin and (loop := self.simulate(self.factory)) is not None:
             self._stop = threading.Event()  # a fresh one: the last twin may still be stopping
             self._twin = threading.Thread(
@@ -64,13 +67,23 @@ class GPIODevice(Driver):
             # before it failed, or each retry would find the pin still held by this driver.
             self._stop_twin()
             self.detach()
+            self._release()
             raise
         finally:
             Device.pin_factory = default
 
     async def close(self) -> None:
-        self._stop_twin()
+        self._stop.set()
+        if self._twin is not None:  # joined off the loop: a twin may be mid-way in a pulse
+            await asyncio.to_thread(self._twin.join, 1.0)
+            self._twin = None
         self.detach()
+        self._release()
+
+    def _release(self) -> None:
+        if self.twin and self.factory is not None:
+            MockBoard.release()
+            self.factory = None
 
     def _stop_twin(self) -> None:
         self._stop.set()
@@ -104,7 +117,28 @@ def _board_factory() -> Any:
     return Device.pin_factory
 
 
-def _mock_factory() -> Any:
-    from gpiozero.pins.mock import MockFactory
+class MockBoard:
+    """The mock pins simulated drivers share while any of them is open, as the devices wired
+    to one board share its pins: a pin used twice clashes as on the board, SPI devices share
+    their bus. When the last one closes the board goes, so the next run starts on fresh pins."""
 
-    return MockFactory()
+    factory: Any = None
+    users = 0
+    lock = threading.Lock()
+
+    @classmethod
+    def acquire(cls) -> Any:
+        from gpiozero.pins.mock import MockFactory
+
+        with cls.lock:
+            if cls.factory is None:
+                cls.factory = MockFactory()
+            cls.users += 1
+            return cls.factory
+
+    @classmethod
+    def release(cls) -> None:
+        with cls.lock:
+            cls.users -= 1
+            if cls.users == 0:
+                cls.factory = None

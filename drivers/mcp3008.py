@@ -74,6 +74,7 @@ class MCP3008(GPIODevice, name="mcp3008"):
             start = time.monotonic()
             while not stop.wait(0.1):
                 levels(time.monotonic() - start)
+            chip.close()  # off the bus: a reopened driver wires a new one
 
         levels(0.0)
         return drift

@@ -110,6 +110,7 @@ def test_echo_and_trigger_on_one_pin_is_refused() -> None:
 
 
 VREF = 3.3
+CLOCK_PIN, MISO_PIN = 11, 9  # SPI0's
 # The datasheet's conversion, VIN = code × VREF / 1024, at its ends and mid-scale.
 DATASHEET = {1023: VREF * 1023 / 1024, 512: VREF / 2, 0: 0.0}
 CODES = [1023, 512, 0, 1, 256, 768, 100, 1000]
@@ -210,3 +211,36 @@ async def test_the_simulated_twins_feed_the_agent(tmp_path: Path) -> None:
     # the twin gives each input its own wave: mid-scale for input 0, below it for input 5
     assert sink.readings("adc.ch0")[0].value == pytest.approx(VREF / 2, abs=0.1)
     assert sink.readings("adc.ch5")[0].value < VREF / 2 - 0.5
+
+
+async def test_two_simulated_adcs_share_one_board_and_its_spi_bus() -> None:
+    # On a Pi, chips on CE0 and CE1 share SPI0's clock and data pins. Each simulated driver
+    # on its own mock pins made the second chip read 0 V: gpiozero shares SPI buses by pin.
+    first = MCP3008(inputs=(0,), device=0, pins="simulated")
+    second = MCP3008(inputs=(0,), device=1, pins="simulated")
+    await first.open()
+    await second.open()
+    try:
+        assert first.factory is second.factory
+        for driver in (first, second):
+            sample = driver.read_blocking()
+            assert isinstance(sample, dict)
+            assert sample["ch0"] == pytest.approx(VREF / 2, abs=0.1)  # the twin's mid-scale
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_the_simulated_board_is_fresh_once_every_driver_has_closed() -> None:
+    # A pin used one way by one run (a plain input) must not stay so for the next (a trigger).
+    first = MCP3008(inputs=(0,), pins="simulated")
+    await first.open()
+    board = first.factory
+    await first.close()
+    ranger = HCSR04(echo=MISO_PIN, trigger=CLOCK_PIN, pins="simulated")
+    await ranger.open()
+    try:
+        assert ranger.factory is not board
+        assert isinstance(ranger.factory.pin(CLOCK_PIN), MockTriggerPin)
+    finally:
+        await ranger.close()
