@@ -62,6 +62,8 @@ class BME280(I2CDevice, name="bme280"):
                 if not bus.read_i2c_block_data(address, 0xF3, 1)[0] & 0x08:
                     break
                 time.sleep(0.005)
+            else:  # the last results would pass for this read's
+                raise OSError(f"BME280 at 0x{address:02x}: the measurement never finished")
         d = bus.read_i2c_block_data(address, 0xF7, 8)
         raw_p, raw_t = d[0] << 12 | d[1] << 4 | d[2] >> 4, d[3] << 12 | d[4] << 4 | d[5] >> 4
         temperature, pressure, humidity = compensate(

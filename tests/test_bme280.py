@@ -147,6 +147,16 @@ def test_a_setup_interrupted_by_a_bus_error_is_done_again() -> None:
     assert bus.writes == [(0x76, 0xF2, 0b001), (0x76, 0xF4, 0b001_001_11)]
 
 
+def test_a_measurement_that_never_finishes_is_an_error_not_the_last_values() -> None:
+    driver = BME280(bus=MAP)
+    read(driver)
+    bus = driver.bus
+    assert isinstance(bus, SimulatedBus)
+    bus.registers[0x76][0xF3] = 0x08  # status: measuring, and it stays so
+    with pytest.raises(OSError, match="measurement never finished"):
+        driver.read_blocking()
+
+
 def test_a_missing_or_wrong_chip_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="no device at 0x77"):
         read(BME280(bus=MAP, address=0x77))
