@@ -105,12 +105,13 @@ def _run(args: argparse.Namespace) -> int:
 
     from agent import log
     from agent.daemon import Agent, StartupError
+    from agent.notify import Notifier
 
     config = _load(args.config, args.broker)
     if config is None:
         return EXIT_CONFIG
     log.setup(args.log_level or config.agent.log_level, json_lines=True if args.log_json else None)
-    agent = Agent(config)
+    agent = Agent(config, notifier=Notifier.from_environment())
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

@@ -19,6 +19,7 @@ from typing import Any
 from agent import __version__, log
 from agent.clock import SYSTEM_CLOCK, Clock
 from agent.config import Config
+from agent.notify import Notifier
 from agent.pipeline import Pipeline
 from agent.queues import DropOldestQueue
 from agent.records import Aggregate, Reading
@@ -48,10 +49,20 @@ class Route:
 
 class Agent:
     def __init__(
-        self, config: Config, *, clock: Clock = SYSTEM_CLOCK, sinks: Sequence[Sink] | None = None
+        self,
+        config: Config,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        sinks: Sequence[Sink] | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
+        self.notifier = notifier or Notifier(None)
+        # The watchdog pings at half systemd's limit; the consumer goes round at least twice
+        # as often, so a healthy idle agent never misses one.
+        self.ping_every = self.notifier.watchdog / 2 if self.notifier.watchdog else None
+        self.cycles = 0  # rounds of the consumer loop: the pipeline's sign of life
         self.sinks = list(sinks) if sinks is not None else [s.build() for s in config.sinks]
         self.uplink: Uplink | None = None
         if config.mqtt is not None:
@@ -137,9 +148,13 @@ class Agent:
                 device=self.config.agent.device_id,
                 sensors=[r.sensor.name for r in self.runners],
             )
+            self.notifier.send("READY=1", f"STATUS=reading {len(self.runners)} sensors")
+            if self.ping_every is not None:
+                tasks.append(asyncio.create_task(self._watchdog(self.ping_every), name="watchdog"))
             try:
                 await self._consume()
             finally:
+                self.notifier.send("STOPPING=1")
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
@@ -156,11 +171,14 @@ class Agent:
 
     async def _consume(self) -> None:
         while not self._stopping:
+            self.cycles += 1
             deadline = min(
                 (r.window.deadline for r in self.routes.values() if r.window is not None),
                 default=math.inf,
             )
             wait = deadline - self.clock.time()
+            if self.ping_every is not None:
+                wait = min(wait, self.ping_every / 2)
             if wait > 0 and not len(self.queue):
                 with contextlib.suppress(TimeoutError):
                     # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
@@ -172,6 +190,23 @@ class Agent:
             for route in self.routes.values():
                 if route.window is not None and (aggregate := route.window.advance(now)):
                     self._emit(aggregate)
+
+    async def _watchdog(self, every: float) -> None:
+        """Ping systemd while the consumer goes round. A stalled pipeline, or a blocked event
+        loop, stops the pings, and systemd restarts the agent after WatchdogSec."""
+        seen = self.cycles - 1
+        stalled = False
+        while True:
+            if self.cycles != seen:
+                seen = self.cycles
+                self.notifier.send("WATCHDOG=1")
+                if stalled:
+                    stalled = False
+                    _log.info("pipeline_moving_again")
+            elif not stalled:
+                stalled = True
+                _log.warning("pipeline_stalled", detail="no watchdog ping until it moves")
+            await asyncio.sleep(every)
 
     def _process(self, batch: list[Reading]) -> None:
         by_channel: dict[str, list[Reading]] = {}
