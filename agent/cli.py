@@ -10,9 +10,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
+
+if TYPE_CHECKING:
+    from agent.config import Config
 
 EXIT_CONFIG = 2
 
@@ -111,13 +114,33 @@ def _run(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     log.setup(args.log_level or config.agent.log_level, json_lines=True if args.log_json else None)
-    agent = Agent(config, notifier=Notifier.from_environment())
+    notifier = Notifier.from_environment()
 
     async def main() -> None:
+        nonlocal config
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, agent.stop)
-        await agent.run(duration=args.duration)
+        deadline = None if args.duration is None else loop.time() + args.duration
+        while True:
+            agent = Agent(config, notifier=notifier)
+            newer: list[Config] = []
+
+            def reload(agent: Agent = agent, newer: list[Config] = newer) -> None:
+                # A bad new config is reported as `check` reports it; the agent runs on.
+                if (fresh := _load(args.config, args.broker)) is None:
+                    log.get("agent").error("reload_rejected", config=str(args.config))
+                    return
+                newer.append(fresh)
+                agent.stop(reloading=True)
+
+            loop.add_signal_handler(signal.SIGHUP, reload)
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, agent.stop)
+            await agent.run(None if deadline is None else max(0.0, deadline - loop.time()))
+            if not newer:
+                return
+            config = newer[-1]
+            log.setup(args.log_level or config.agent.log_level, json_lines=args.log_json or None)
+            log.get("agent").info("reloaded", config=str(args.config))
 
     try:
         asyncio.run(main())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,7 +81,7 @@ class Agent:
         self.stage_errors = 0
         self._sink_failures = [log.Burst() for _ in self.sinks]
         self._buffer_failures = log.Burst()
-        self._stopping = False
+        self._stopping = self._reloading = False
         started = clock.time()
         breaker = config.agent.breaker
         for sensor in config.sensors:
@@ -110,9 +111,11 @@ class Agent:
                     )
                 self.routes[channel] = Route(Pipeline([s.build() for s in sensor.pipeline]), window)
 
-    def stop(self) -> None:
-        """Ask `run()` to finish: safe to call from a signal handler."""
+    def stop(self, *, reloading: bool = False) -> None:
+        """Ask `run()` to finish: safe to call from a signal handler. `reloading`: another
+        agent takes over at once, with a new config (SIGHUP)."""
         self._stopping = True
+        self._reloading = reloading
         self.queue.wake()
 
     async def run(self, duration: float | None = None) -> None:
@@ -154,7 +157,11 @@ class Agent:
             try:
                 await self._consume()
             finally:
-                self.notifier.send("STOPPING=1")
+                if self._reloading:
+                    now_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+                    self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={now_usec}")
+                else:
+                    self.notifier.send("STOPPING=1")
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
