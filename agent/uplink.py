@@ -371,7 +371,9 @@ class Uplink:
             if not self.connected:
                 break
             # `messages` too: unreadable bytes at the end of the log must not make this spin.
-            more = bool(messages) and len(inflight) < self.settings.inflight
+            # `not room`: a full window kept this round from sending, and the acks just taken
+            # in may have emptied it; waiting now would wait for acks that will never come.
+            more = (bool(messages) or not room) and len(inflight) < self.settings.inflight
             if more or self._acks:
                 continue
             with contextlib.suppress(TimeoutError):

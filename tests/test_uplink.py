@@ -13,13 +13,17 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.broker import Mosquitto
+from tests.helpers import eventually
+
+if TYPE_CHECKING:
+    from agent.uplink import Uplink
 
 
 class Subscriber:
@@ -107,6 +111,15 @@ def stop_agent(agent: subprocess.Popen[str]) -> str:
     _, logs = agent.communicate(timeout=20)
     assert agent.returncode == 0, logs
     return logs
+
+
+def uplink_state(uplink: Uplink) -> str:
+    """What a test waiting on an uplink reports when what it waits for never comes."""
+    return (
+        f"connected {uplink.connected}, published {uplink.published}, acknowledged "
+        f"{uplink.acknowledged}, pending {uplink.buffer.pending_records} records "
+        f"({uplink.buffer.pending_bytes} bytes), reconnects {uplink.reconnects}"
+    )
 
 
 def check_contiguous(aggregates: list[dict[str, Any]]) -> None:
@@ -309,8 +322,7 @@ async def test_a_publish_refused_by_a_dying_connection_does_not_freeze_the_loop(
     uplink = Uplink(config.mqtt, config.buffer, device="pi", data_dir=tmp_path / "data", sensors=[])
     uplink.open()
     task = asyncio.create_task(uplink.run())
-    while not uplink.connected:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: uplink.connected, lambda: uplink_state(uplink))
     client = uplink._client
     assert client is not None
     refused = mqtt.MQTTMessageInfo(0)
@@ -400,10 +412,10 @@ async def test_live_records_do_not_wait_behind_a_backlog(tmp_path: Path, broker:
     for seq in range(1, 21):  # live windows closing while the backlog drains
         uplink.write(Aggregate("new", seq * 1.0, seq + 1.0, 1, stats, "", seq))
         await asyncio.sleep(0.005)
-    while uplink.buffer.pending_bytes:
-        await asyncio.sleep(0.01)
+    # 5,020 records take 2-3 s; a stalled sender fails here instead of hanging the run.
+    await eventually(lambda: not uplink.buffer.pending_bytes, lambda: uplink_state(uplink), 30)
     uplink.stop()
-    await uplink.close()
+    await asyncio.wait_for(uplink.close(), 15)
     task.cancel()
     await asyncio.sleep(0.3)
     subscriber.close()

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from agent.config import parse
 from agent.records import Aggregate, Reading
 from agent.uplink import Uplink
 from tests.broker import Mosquitto, free_port
+from tests.helpers import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -424,3 +426,108 @@ def test_records_appended_after_an_emptied_segment_can_be_read(tmp_path: Path) -
         assert [p[:5] for _, _, p in buffer.read(0, 100)] == [b"new-0", b"new-1", b"new-2"]
     with Buffer(tmp_path) as buffer:  # and they survive a restart
         assert [p[:5] for _, _, p in buffer.read(0, 100)] == [b"new-0", b"new-1", b"new-2"]
+
+
+# -- 10. Acks that empty a full window at once: the sender waits for an ack that never comes ----
+
+
+class AckGate:
+    """A TCP relay to the broker for one connection. It lets the CONNACK through, then holds
+    everything else the broker sends (the PUBACKs) until `release()`: the test decides when
+    acknowledgements reach the agent, and how many arrive together."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        self.holding = True
+        self.held = b""
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):  # closed before the agent came
+            agent, _ = self.listener.accept()
+            broker = socket.create_connection(("127.0.0.1", self.target))
+            self.agent, self.sockets = agent, [agent, broker]
+            threading.Thread(target=self._up, args=(agent, broker), daemon=True).start()
+            threading.Thread(target=self._down, args=(broker, agent), daemon=True).start()
+
+    def _up(self, agent: socket.socket, broker: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := agent.recv(65536):
+                broker.sendall(data)
+        self.close()
+
+    def _down(self, broker: socket.socket, agent: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            connack = b""
+            while len(connack) < 4:  # MQTT 3.1.1 CONNACK: 0x20, 2, flags, return code
+                if not (data := broker.recv(4 - len(connack))):
+                    break
+                connack += data
+            agent.sendall(connack)
+            while data := broker.recv(65536):
+                with self.lock:
+                    if self.holding:
+                        self.held += data
+                    else:
+                        agent.sendall(data)
+        self.close()
+
+    def release(self, *, hold: bool) -> None:
+        """Send on what is held, all at once; then hold again, or let everything through."""
+        with self.lock:
+            self.agent.sendall(self.held)
+            self.held, self.holding = b"", hold
+
+    def close(self) -> None:
+        self.listener.close()
+        for s in self.sockets:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+
+async def test_acks_that_empty_a_full_window_at_once_do_not_stall_the_backlog(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """_send took in the acks that woke it only after its publish step, which, with the window
+    full, had sent nothing; the room they freed then waited for the next ack. When they were
+    the last in flight there was no next ack: the backlog stayed put until a record was
+    written (never, for an idle sensor, or in the drain at shutdown).
+    test_live_records_do_not_wait_behind_a_backlog hung on it in about 1 run of 3, and in
+    7 of 8 with the other core busy. Without the fix this test fails at one of its waits."""
+    gate = AckGate(broker.port)
+    uplink = make_uplink(tmp_path, gate.port, inflight=4)
+    uplink.open()
+    for seq in range(1, 13):  # a backlog of three windows
+        uplink.write(aggregate("a", seq))
+
+    def state() -> str:
+        return (
+            f"published {uplink.published}, acknowledged {uplink.acknowledged}, pending "
+            f"{uplink.buffer.pending_records} records, connected {uplink.connected}, "
+            f"{len(gate.held)} bytes of acks held"
+        )
+
+    task = asyncio.create_task(uplink.run())
+    try:
+        # Window 1 goes out beside the "online" status, which takes one of paho's four slots:
+        # a1-a3 are sent, a4 waits in paho. Their acks go through, and a5-a7 must fill the room
+        # they free without waiting for a4's ack; the PUBACKs of a4-a7 (4 bytes each) are held.
+        await eventually(lambda: len(gate.held) >= 16, state)
+        gate.release(hold=True)
+        await eventually(lambda: uplink.published == 7 and len(gate.held) >= 16, state)
+        # The window is full and the sender waits. All four acks arrive together: the loop is
+        # blocked on purpose until paho has taken them in, so the sender sees them at once.
+        gate.release(hold=False)
+        time.sleep(0.5)
+        await eventually(lambda: uplink.buffer.pending_bytes == 0, state, timeout=5.0)
+        assert uplink.published == uplink.acknowledged == 12, state()
+    finally:
+        uplink.stop()
+        await asyncio.wait_for(uplink.close(drain_timeout=0.5), 10)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        gate.close()

@@ -98,8 +98,8 @@ async def test_a_broker_problem_is_logged_once_per_broker_however_many_rounds(
         task = asyncio.create_task(uplink.run())
         await asyncio.sleep(0.6)
         uplink.stop()
-        await task
-        await uplink.close()
+        await asyncio.wait_for(task, 5)
+        await asyncio.wait_for(uplink.close(), 10)
     warnings = [r for r in caplog.records if r.getMessage() == "broker_unavailable"]
     brokers = sorted(r.fields["broker"] for r in warnings)  # type: ignore[attr-defined]
     assert brokers == sorted([f"localhost:{dead[0]}", f"127.0.0.1:{dead[1]}"])
