@@ -36,6 +36,7 @@ mosquitto:
 lint: $(STAMP)
 	$(BIN)/ruff check agent drivers tests bench
 	$(BIN)/ruff format --check agent drivers tests bench
+	@if command -v shellcheck >/dev/null; then shellcheck systemd/install.sh; fi
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
