@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, ClassVar, TypedDict
 
 from agent.records import Reading
 from agent.registry import Component, Registry
+from agent.tunable import tunables
 
 
 class Stage(Component):
@@ -43,6 +44,17 @@ class Stage(Component):
                 f"{cls.__qualname__}: a stage keeps fixed-size state; declare __slots__ "
                 "on the class (and on every base it adds)"
             )
+        slots = {s for klass in cls.__mro__ for s in getattr(klass, "__slots__", ())}
+        for name, tunable in tunables(cls).items():
+            if tunable.storage not in slots:
+                raise TypeError(
+                    f'{cls.__qualname__}: tunable "{name}" keeps its value in a slot; '
+                    f'add "{tunable.storage}" to __slots__'
+                )
+
+    def check(self) -> None:
+        """Check the parameters against each other; raise `Invalid` to refuse a change made
+        at run time (the tunable's old value is put back)."""
 
     def counters(self) -> dict[str, int]:
         """Counts of the stage's own (clamped values, say); the meter counts in and out."""

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from agent.pipeline import Stage
 from agent.records import Reading
 from agent.schema import Bounds, Invalid, NonNegative, Positive
+from agent.tunable import Tunable
 
 # Sliding windows are kept whole in memory: bounded, and small enough to sort per reading.
 Size = Annotated[int, Bounds(ge=1, le=10_000)]
@@ -22,7 +23,9 @@ Size = Annotated[int, Bounds(ge=1, le=10_000)]
 class Calibrate(Stage, name="calibrate"):
     """Correct values linearly: value × scale + offset, or fitted through two reference points."""
 
-    __slots__ = ("offset", "scale")
+    __slots__ = ("_offset", "_scale")
+    offset = Tunable(float)
+    scale = Tunable(float)
 
     def __init__(
         self,
@@ -56,7 +59,9 @@ class Calibrate(Stage, name="calibrate"):
 class Range(Stage, name="range"):
     """Keep values within [min, max]: drop the others, or clamp them to the nearest bound."""
 
-    __slots__ = ("clamped", "high", "low", "mode")
+    __slots__ = ("_max", "_min", "clamped", "mode")
+    min = Tunable(float | None)
+    max = Tunable(float | None)
 
     def __init__(
         self,
@@ -65,17 +70,22 @@ class Range(Stage, name="range"):
         max: float | None = None,
         mode: Literal["drop", "clamp"] = "drop",
     ) -> None:
-        if min is None and max is None:
-            raise Invalid("", "expected min, max or both, got neither")
-        if min is not None and max is not None and min > max:
-            raise Invalid("min", f"expected min ≤ max, got min = {min:g}, max = {max:g}")
-        self.low = -float("inf") if min is None else min
-        self.high = float("inf") if max is None else max
+        self.min, self.max = min, max
+        self.check()
         self.mode = mode
         self.clamped = 0
 
+    def check(self) -> None:
+        low, high = self.min, self.max
+        if low is None and high is None:
+            raise Invalid("", "expected min, max or both, got neither")
+        if low is not None and high is not None and low > high:
+            raise Invalid("min", f"expected min ≤ max, got min = {low:g}, max = {high:g}")
+
     def transform(self, readings: Iterable[Reading]) -> Iterator[Reading]:
-        low, high, clamp = self.low, self.high, self.mode == "clamp"
+        low = -math.inf if self.min is None else self.min
+        high = math.inf if self.max is None else self.max
+        clamp = self.mode == "clamp"
         for reading in readings:
             value = reading.value
             if low <= value <= high:
@@ -92,7 +102,9 @@ class Range(Stage, name="range"):
 class Delta(Stage, name="delta"):
     """Pass a value only when it moved by `change` or more, or after `heartbeat` s of silence."""
 
-    __slots__ = ("change", "heartbeat", "last_ts", "last_value")
+    __slots__ = ("_change", "_heartbeat", "last_ts", "last_value")
+    change = Tunable(NonNegative)
+    heartbeat = Tunable(Annotated[Positive | None, "re-send the value after this many seconds"])
 
     def __init__(
         self,
@@ -121,7 +133,8 @@ class Delta(Stage, name="delta"):
 class Throttle(Stage, name="throttle"):
     """Pass at most one value every `seconds` (by the readings' own timestamps)."""
 
-    __slots__ = ("next_ts", "seconds")
+    __slots__ = ("_seconds", "next_ts")
+    seconds = Tunable(Positive)
 
     def __init__(self, *, seconds: Positive) -> None:
         self.seconds = seconds
@@ -175,7 +188,8 @@ class Median(Stage, name="median"):
 class ExponentialMovingAverage(Stage, name="ema"):
     """Smooth values exponentially: each output moves `alpha` of the way to the new value."""
 
-    __slots__ = ("alpha", "state")
+    __slots__ = ("_alpha", "state")
+    alpha = Tunable(Annotated[float, Bounds(gt=0, le=1)])
 
     def __init__(self, *, alpha: Annotated[float, Bounds(gt=0, le=1)] = 0.1) -> None:
         self.alpha = alpha
