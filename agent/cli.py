@@ -1,4 +1,4 @@
-"""The `edge-agent` command: run, check, describe.
+"""The `edge-agent` command: run, tail, status, check, describe.
 
 Imports stay inside the commands so `edge-agent --version` starts in a blink.
 """
@@ -42,6 +42,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     tail.add_argument("--broker", metavar="HOST:PORT", help="use this MQTT broker instead")
     tail.add_argument("--timeout", type=float, help="give up after this many seconds")
 
+    status = commands.add_parser("status", help="print a device's last health message")
+    status.add_argument("-c", "--config", type=Path, required=True)
+    status.add_argument("--json", action="store_true", help="the message as it came (JSON)")
+    status.add_argument("--broker", metavar="HOST:PORT", help="use this MQTT broker instead")
+    status.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for it (default 5)"
+    )
+
     check = commands.add_parser("check", help="check a config file and exit (0: valid, 2: not)")
     check.add_argument("-c", "--config", type=Path, required=True)
 
@@ -59,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
     if args.command == "tail":
         return _tail(args)
+    if args.command == "status":
+        return _status(args)
     return _check(args.config) if args.command == "check" else _run(args)
 
 
@@ -91,6 +101,21 @@ def _tail(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     watcher = Tail(config, as_json=args.json, count=args.count, sensor=args.sensor)
     return watcher.run(timeout=args.timeout)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from agent.status import show
+
+    config = _load(args.config, args.broker)
+    if config is None:
+        return EXIT_CONFIG
+    if config.mqtt is None:
+        print(f"{args.config}: mqtt: expected an [mqtt] table to ask, got none", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return show(config, as_json=args.json, timeout=args.timeout)
+    except KeyboardInterrupt:
+        return 130
 
 
 def _check(path: Path) -> int:

@@ -38,6 +38,8 @@ from drivers.base import Driver
 
 C = TypeVar("C", bound=Component)
 
+MIN_HEALTH_INTERVAL = 0.1  # a snapshot reads the oldest buffer segment: not many a second
+
 Name = Annotated[str, Match(r"[A-Za-z0-9_-]+", "made of letters, digits, '_' and '-'")]
 
 
@@ -131,10 +133,21 @@ class Mqtt:
     batch_wait: Annotated[
         float, Bounds(ge=0, le=60), "seconds a short batch waits for more records"
     ] = 1.0
+    health_interval: Annotated[
+        float,
+        Bounds(ge=0, le=86400),
+        "seconds between health messages on {prefix}/{device}/health (0: none)",
+    ] = 60.0
     backoff: Backoff = field(default_factory=Backoff)
     tls: Tls | None = None
 
     def __post_init__(self) -> None:
+        if 0 < self.health_interval < MIN_HEALTH_INTERVAL:
+            raise Invalid(
+                "health_interval",
+                f"expected 0 (off) or a number ≥ {MIN_HEALTH_INTERVAL:g}, "
+                f"got {self.health_interval:g}",
+            )
         if self.password_env and self.password_file:
             raise Invalid("password_env", "expected password_env or password_file, got both")
         for broker, (_, port) in zip(self.brokers, self.addresses[1:], strict=True):

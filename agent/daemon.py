@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -19,7 +20,8 @@ from typing import Any
 
 from agent import __version__, log
 from agent.clock import SYSTEM_CLOCK, Clock
-from agent.config import Config
+from agent.config import Config, Mqtt
+from agent.health import Vitals
 from agent.notify import Notifier
 from agent.pipeline import Pipeline
 from agent.queues import DropOldestQueue
@@ -81,7 +83,11 @@ class Agent:
         self.stage_errors = 0
         self._sink_failures = [log.Burst() for _ in self.sinks]
         self._buffer_failures = log.Burst()
+        self._health_failures = log.Burst()
         self._stopping = self._reloading = False
+        # Without [mqtt] the snapshot still goes to the log, at the default interval.
+        self.health_every = (config.mqtt or Mqtt()).health_interval
+        self.vitals = Vitals(self)
         started = clock.time()
         breaker = config.agent.breaker
         for sensor in config.sensors:
@@ -151,9 +157,13 @@ class Agent:
                 device=self.config.agent.device_id,
                 sensors=[r.sensor.name for r in self.runners],
             )
-            self.notifier.send("READY=1", f"STATUS=reading {len(self.runners)} sensors")
+            sensors = len(self.runners)
+            self.notifier.send("READY=1", f"STATUS=reading {sensors} sensor{'s' * (sensors != 1)}")
             if self.ping_every is not None:
                 tasks.append(asyncio.create_task(self._watchdog(self.ping_every), name="watchdog"))
+            if self.health_every:
+                tasks.append(asyncio.create_task(self.vitals.lag.run(), name="loop-lag"))
+                tasks.append(asyncio.create_task(self._health(self.health_every), name="health"))
             try:
                 await self._consume()
             finally:
@@ -214,6 +224,27 @@ class Agent:
                 stalled = True
                 _log.warning("pipeline_stalled", detail="no watchdog ping until it moves")
             await asyncio.sleep(every)
+
+    async def _health(self, every: float) -> None:
+        """Every `every` seconds: the snapshot, retained on the health topic while connected.
+        Without MQTT the log is the only place for it; with MQTT it is logged at debug."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                snapshot = self.vitals.snapshot()
+                # The log line has a ts of its own: the snapshot's would replace it.
+                fields = {k: v for k, v in snapshot.items() if k != "ts"}
+                if self.uplink is None:
+                    _log.info("health", **fields)
+                else:
+                    _log.debug("health", **fields)
+                    self.uplink.publish_health(json.dumps(snapshot).encode())
+            except Exception as e:  # a bug here must not take the agent down, nor go unsaid
+                if self._health_failures.fail():
+                    _log.error("health_failed", error=f"{type(e).__name__}: {e}")
+            else:
+                if self._health_failures.failures:
+                    _log.info("health_recovered", failures=self._health_failures.end())
 
     def _process(self, batch: list[Reading]) -> None:
         by_channel: dict[str, list[Reading]] = {}

@@ -145,6 +145,11 @@ class SensorRunner:
         }
         self._single = next(iter(self.channels.values())) if len(self.channels) == 1 else None
 
+    @property
+    def opened(self) -> bool:
+        """Is the device open? (For a push device that says nothing yet, that is all we know.)"""
+        return self._opened
+
     async def run(self) -> None:
         """Sample until cancelled. Should the sampling loop itself fail, it is logged and restarted:
         a sensor never goes quiet without a word."""

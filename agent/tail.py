@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import wire
-from agent.config import Config
+from agent.config import Config, Mqtt
 from agent.records import Aggregate, Reading
 from agent.security import secure
 from agent.sinks import Console
@@ -54,16 +54,7 @@ class Tail:
             return self._fail(str(e))
         client.on_connect = self._on_connect
         client.on_message = self._on_message
-        for (
-            host,
-            port,
-        ) in self.settings.addresses:  # the first broker that answers, in the agent's order
-            try:
-                client.connect(host, port, self.settings.keepalive)
-                break
-            except (OSError, ssl.SSLError) as e:
-                print(f"edge-agent: cannot reach {host}:{port}: {e}", file=sys.stderr)
-        else:
+        if not connect(client, self.settings):
             return 1
         client.loop_start()
         try:
@@ -118,6 +109,18 @@ class Tail:
             self.received += 1
             if self.count is not None and self.received >= self.count:
                 self.done.set()
+
+
+def connect(client: mqtt.Client, settings: Mqtt) -> bool:
+    """Connect to the first broker that answers, in the agent's order; say why the others
+    did not."""
+    for host, port in settings.addresses:
+        try:
+            client.connect(host, port, settings.keepalive)
+            return True
+        except (OSError, ssl.SSLError) as e:
+            print(f"edge-agent: cannot reach {host}:{port}: {e}", file=sys.stderr)
+    return False
 
 
 def _record(fields: dict[str, Any]) -> Aggregate | Reading:

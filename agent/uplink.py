@@ -54,6 +54,7 @@ class Uplink:
         self.sensors = sensors
         self.base_topic = f"{settings.topic_prefix}/{device}"
         self.status_topic = f"{self.base_topic}/status"
+        self.health_topic = f"{self.base_topic}/health"
         self.buffer = Buffer(
             data_dir / "buffer", max_bytes=buffer.max_bytes, overflow=buffer.overflow
         )
@@ -127,6 +128,26 @@ class Uplink:
         state = {"seq": self.seqs, "end": self.buffer.end}
         self.buffer.commit(json.dumps(state).encode())
         self._uncommitted = 0
+
+    def oldest_pending(self) -> float | None:
+        """When the oldest record not yet acknowledged was made (an aggregate's end, an event's
+        ts), or None if none is pending. Decoded from the record at the cursor: one small read,
+        and right across restarts, which append times kept in memory would not be."""
+        try:
+            for _, _, record in self.buffer.read(self.buffer.cursor, limit=1):
+                fields = wire.decode(_split(record)[1])
+                return float(fields["end"] if fields.get("kind") == "agg" else fields["ts"])
+        except (OSError, ValueError, KeyError, TypeError, struct.error):
+            pass  # a segment released meanwhile, or a record of another shape: no age, no crash
+        return None
+
+    def publish_health(self, payload: bytes) -> bool:
+        """Publish a health snapshot, retained, if connected. Never buffered: it is current
+        state, and the next one replaces a missed one."""
+        if self._client is None or not self.connected:
+            return False
+        self._client.publish(self.health_topic, payload, qos=1, retain=True)
+        return True
 
     # -- the broker side --------------------------------------------------------------------
 

@@ -85,7 +85,7 @@ async def test_ready_then_watchdog_pings_then_stopping(systemd: Systemd) -> None
     agent = Agent(cfg, sinks=[Collect()], notifier=Notifier(systemd.path, watchdog_usec=200_000))
     await asyncio.wait_for(agent.run(duration=0.65), 5)
     messages = [m for _, m in systemd.received()]
-    assert messages[0] == "READY=1\nSTATUS=reading 1 sensors"
+    assert messages[0] == "READY=1\nSTATUS=reading 1 sensor"
     assert messages[-1] == "STOPPING=1"
     pings = messages[1:-1]
     assert set(pings) == {"WATCHDOG=1"}
