@@ -255,10 +255,11 @@ def test_a_full_buffer_drops_the_oldest_counts_exactly_and_drains(
     lost = made - len(values)
     assert lost <= uplink["buffer_dropped"] <= lost + 64
     assert max(values) == made - 1  # the newest were kept
-    missing = sorted(set(range(made)) - {int(v) for v in values})
-    assert missing == list(
-        range(missing[0], missing[-1] + 1)
-    )  # one block: the oldest of the outage
+    # Drop-oldest: what was lost is old. Not always one block: while the backlog drains
+    # slower than new records come, the buffer may still be full and drop its next oldest
+    # segment, of which one in-flight window had already gone out.
+    missing = set(range(made)) - {int(v) for v in values}
+    assert max(missing) < made - 100  # the buffer holds ~500: the newest 100 always survive
 
 
 def retained_status(port: int) -> dict[str, Any]:
