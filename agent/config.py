@@ -102,6 +102,13 @@ class Tls:
 
 
 @dataclass(frozen=True)
+class HomeAssistant:
+    discovery_prefix: Annotated[
+        str, Match(r"[A-Za-z0-9_/-]+", "made of letters, digits, '_', '-', '/'")
+    ] = "homeassistant"
+
+
+@dataclass(frozen=True)
 class Mqtt:
     host: str = "localhost"
     port: Annotated[int, Bounds(ge=1, le=65535)] = 1883
@@ -138,8 +145,12 @@ class Mqtt:
         Bounds(ge=0, le=86400),
         "seconds between health messages on {prefix}/{device}/health (0: none)",
     ] = 60.0
+    tuning: Annotated[
+        bool, "accept changes to tunable stage parameters on {prefix}/{device}/set/..."
+    ] = False
     backoff: Backoff = field(default_factory=Backoff)
     tls: Tls | None = None
+    homeassistant: HomeAssistant | None = None
 
     def __post_init__(self) -> None:
         if 0 < self.health_interval < MIN_HEALTH_INTERVAL:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from agent import __version__, log
+from agent import __version__, homeassistant, log
 from agent.clock import SYSTEM_CLOCK, Clock
 from agent.config import Config, Mqtt
 from agent.health import Vitals
@@ -26,9 +26,11 @@ from agent.notify import Notifier
 from agent.pipeline import Pipeline
 from agent.queues import DropOldestQueue
 from agent.records import Aggregate, Reading
+from agent.remote import Discovery, RemoteTuning
 from agent.resilience import CircuitBreaker
 from agent.sampling import SensorRunner
 from agent.sinks import Sink
+from agent.tuning import Tuner
 from agent.uplink import Uplink
 from agent.window import TumblingWindow
 
@@ -116,6 +118,29 @@ class Agent:
                         since=started,
                     )
                 self.routes[channel] = Route(Pipeline([s.build() for s in sensor.pipeline]), window)
+        self.discovery: Discovery | None = None
+        if self.uplink is not None and config.mqtt is not None:
+            self._remote(config.mqtt, self.uplink)
+
+    def _remote(self, mqtt: Mqtt, uplink: Uplink) -> None:
+        """Remote tuning and Home Assistant discovery, when the config asks for them."""
+        if mqtt.tuning:
+            pipelines = [
+                (runner.sensor.name, [m.stage for m in self.routes[channel].pipeline.meters])
+                for runner in self.runners
+                for channel, _ in runner.channels.values()
+            ]
+            RemoteTuning(Tuner(pipelines, clock=self.clock), uplink)
+        if mqtt.homeassistant is not None:
+            entities = []
+            for runner in self.runners:
+                window = runner.sensor.window
+                for ch in runner.driver.channels:
+                    channel, unit = runner.channels[ch.name]
+                    binary = ch.device_class in homeassistant.BINARY and not unit
+                    stat = homeassistant.pick_stat(window.stats, binary) if window else None
+                    entities.append(homeassistant.Entity(channel, unit, ch.device_class, stat))
+            self.discovery = Discovery(mqtt.homeassistant, entities, uplink)
 
     def stop(self, *, reloading: bool = False) -> None:
         """Ask `run()` to finish: safe to call from a signal handler. `reloading`: another
@@ -268,6 +293,8 @@ class Agent:
                     _log.info("stage_recovered", channel=channel, failures=route.failures.end())
 
     def _emit(self, record: Reading | Aggregate) -> None:
+        if self.discovery is not None:
+            self.discovery.state(record)
         if self.uplink is not None:
             try:
                 self.uplink.write(record)

@@ -19,6 +19,7 @@ import json
 import ssl
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,10 @@ class Uplink:
         self.base_topic = f"{settings.topic_prefix}/{device}"
         self.status_topic = f"{self.base_topic}/status"
         self.health_topic = f"{self.base_topic}/health"
+        # Inbound topics (subscribed on every connection) and their handlers, called on the
+        # event loop with (topic, payload, retained); and what to do on every connection.
+        self.subscriptions: dict[str, Callable[[str, bytes, bool], None]] = {}
+        self.on_connected: list[Callable[[], None]] = []
         self.buffer = Buffer(
             data_dir / "buffer", max_bytes=buffer.max_bytes, overflow=buffer.overflow
         )
@@ -144,9 +149,14 @@ class Uplink:
     def publish_health(self, payload: bytes) -> bool:
         """Publish a health snapshot, retained, if connected. Never buffered: it is current
         state, and the next one replaces a missed one."""
+        return self.publish_now(self.health_topic, payload, retain=True)
+
+    def publish_now(self, topic: str, payload: bytes, *, retain: bool, qos: int = 1) -> bool:
+        """Publish beside the buffered records, if connected; False if not. For messages that
+        are current state or answers (health, tuning results, Home Assistant), not records."""
         if self._client is None or not self.connected:
             return False
-        self._client.publish(self.health_topic, payload, qos=1, retain=True)
+        self._client.publish(topic, payload, qos=qos, retain=retain)
         return True
 
     # -- the broker side --------------------------------------------------------------------
@@ -248,6 +258,7 @@ class Uplink:
         client.on_connect = lambda c, u, flags, rc, props: later(self._on_connect, rc)
         client.on_disconnect = lambda c, u, flags, rc, props: later(self._on_disconnect, rc)
         client.on_publish = lambda c, u, mid, rc, props: later(self._on_publish, mid, rc.is_failure)
+        client.on_message = lambda c, u, m: later(self._on_message, m.topic, m.payload, m.retain)
         return client
 
     def _status(self, state: str) -> bytes:
@@ -306,7 +317,16 @@ class Uplink:
         self._problems.pop(f"{host}:{port}", None)
         _log.info("connected", broker=f"{host}:{port}", backlog=self.buffer.pending_bytes)
         client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
+        for topic_filter in self.subscriptions:
+            client.subscribe(topic_filter, qos=1)
+        for hook in self.on_connected:
+            hook()
         return True
+
+    def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        for topic_filter, handler in self.subscriptions.items():
+            if mqtt.topic_matches_sub(topic_filter, topic):
+                handler(topic, payload, retained)
 
     async def _drop_client(self) -> None:
         client, self._client = self._client, None
