@@ -215,6 +215,7 @@ def _describe(name: str | None) -> int:
 
 def _component_text(cls: type) -> str:
     from agent.registry import Component
+    from agent.tunable import tunables
     from drivers.base import Driver
 
     assert issubclass(cls, Component)
@@ -225,10 +226,12 @@ def _component_text(cls: type) -> str:
             for c in cls.channels
         )
         lines.append(f"      reports: {reports or 'the channels its parameters name'}")
+    tunable = tunables(cls)  # changeable at run time (mqtt.tuning)
     for p in cls.params():
         default = "required" if p.required else f"default {_toml(p.default)}"
+        more = "; tunable" if p.name in tunable else ""
         doc = f": {p.doc}" if p.doc else ""
-        lines.append(f"      {p.name} ({p.type_text}; {default}){doc}")
+        lines.append(f"      {p.name} ({p.type_text}; {default}{more}){doc}")
     return "\n".join(lines)
 
 

@@ -236,17 +236,18 @@ def test_describe_lists_every_builtin_component(tmp_path: Path) -> None:
         assert list(listed[kind]) == sorted(listed[kind])
     assert SINE_HEADER in result.stdout.splitlines()
     assert listed["stages"]["range"] == [
-        "min (a number; default none)",
-        "max (a number; default none)",
+        "min (a number; default none; tunable)",
+        "max (a number; default none; tunable)",
         'mode (one of "drop", "clamp"; default "drop")',
     ]
     assert listed["stages"]["median"] == ["size (an integer from 1 to 10000; default 5)"]
-    assert listed["stages"]["throttle"] == ["seconds (a number > 0; required)"]
+    assert listed["stages"]["throttle"] == ["seconds (a number > 0; required; tunable)"]
     assert listed["stages"]["delta"] == [
-        "change (a number ≥ 0; required)",
-        "heartbeat (a number > 0; default none): re-send the value after this many seconds",
+        "change (a number ≥ 0; required; tunable)",
+        "heartbeat (a number > 0; default none; tunable): "
+        "re-send the value after this many seconds",
     ]
-    assert listed["stages"]["ema"] == ["alpha (a number > 0 and ≤ 1; default 0.1)"]
+    assert listed["stages"]["ema"] == ["alpha (a number > 0 and ≤ 1; default 0.1; tunable)"]
     assert listed["sinks"]["jsonl"] == [
         "path (a path (string); required)",
         "max_bytes (an integer ≥ 1024; default 10485760)",
