@@ -145,6 +145,7 @@ def _run(args: argparse.Namespace) -> int:
         nonlocal config
         loop = asyncio.get_running_loop()
         deadline = None if args.duration is None else loop.time() + args.duration
+        running: Config | None = None  # the last config that started
         while True:
             agent = Agent(config, notifier=notifier)
             newer: list[Config] = []
@@ -160,8 +161,19 @@ def _run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signal.SIGHUP, reload)
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, agent.stop)
-            await agent.run(None if deadline is None else max(0.0, deadline - loop.time()))
-            if not newer:
+            try:
+                await agent.run(None if deadline is None else max(0.0, deadline - loop.time()))
+            except StartupError as e:
+                if running is None:
+                    raise
+                # A reloaded config that checks but cannot start (a sink's folder is not
+                # writable): back to the one that ran, rather than exit and be restarted
+                # by systemd into the same failure, again and again.
+                log.get("agent").error("reload_failed", error=str(e), config=str(args.config))
+                config = running
+                continue
+            running = config
+            if not (newer and agent.reloading):
                 return
             config = newer[-1]
             log.setup(args.log_level or config.agent.log_level, json_lines=args.log_json or None)

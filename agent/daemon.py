@@ -144,10 +144,18 @@ class Agent:
 
     def stop(self, *, reloading: bool = False) -> None:
         """Ask `run()` to finish: safe to call from a signal handler. `reloading`: another
-        agent takes over at once, with a new config (SIGHUP)."""
+        agent takes over at once, with a new config (SIGHUP). A plain stop wins over a reload,
+        whichever came first: a service told to stop must not start again."""
+        if self._stopping and not self._reloading:
+            return
         self._stopping = True
         self._reloading = reloading
         self.queue.wake()
+
+    @property
+    def reloading(self) -> bool:
+        """Whether `run()` ended for a reload, not for good."""
+        return self._reloading
 
     async def run(self, duration: float | None = None) -> None:
         """Run until `stop()` or for `duration` seconds; then close windows, flush the sinks."""

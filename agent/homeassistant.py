@@ -78,7 +78,7 @@ def discovery(
             del config["state_class"]
         if entity.device_class:
             config["device_class"] = entity.device_class
-        if entity.unit:
+        if entity.unit and entity.device_class != "timestamp":  # HA refuses a unit on a date
             config["unit_of_measurement"] = entity.unit
     topic = f"{discovery_prefix}/{component}/{_safe(device)}/{object_id}/config"
     return topic, json.dumps(config, ensure_ascii=False).encode()

@@ -59,6 +59,7 @@ def test_a_timestamp_channel_is_turned_into_a_date() -> None:
     _, config = config_of(Entity("gps.time", "s", "timestamp", "last"))
     assert config["value_template"] == "{{ as_datetime(value_json.last) }}"
     assert "state_class" not in config
+    assert "unit_of_measurement" not in config  # Home Assistant refuses a timestamp with one
 
 
 def test_the_state_shown_is_the_mean_or_the_last_value() -> None:

@@ -112,3 +112,40 @@ def test_sighup_reloads_a_good_config_and_keeps_the_old_one_over_a_bad_one(
     assert events.count("reloaded") == 1
     messages = [m.split("\n")[0] for _, m in systemd.messages if "WATCHDOG" not in m]
     assert messages == ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"]
+
+
+def test_a_stop_right_after_a_reload_stops_for_good(tmp_path: Path, systemd: Systemd) -> None:
+    config, out = tmp_path / "agent.toml", tmp_path / "out.jsonl"
+    write_config(config, out, SENSOR.format(name="c"))
+    agent = start(config, systemd)
+    wait_for(lambda: said(systemd, "READY=1"), "READY")
+    agent.send_signal(signal.SIGHUP)
+    agent.send_signal(signal.SIGTERM)  # lands while the old agent is still shutting down
+    _, stderr = agent.communicate(timeout=20)
+    assert agent.returncode == 0, stderr
+    assert [m for _, m in systemd.messages][-1] == "STOPPING=1"
+
+
+def test_a_reloaded_config_that_cannot_start_falls_back_to_the_running_one(
+    tmp_path: Path, systemd: Systemd
+) -> None:
+    config, out = tmp_path / "agent.toml", tmp_path / "out.jsonl"
+    write_config(config, out, SENSOR.format(name="c"))
+    agent = start(config, systemd)
+    try:
+        wait_for(lambda: len(records(out)) > 3, "readings")
+        blocked = tmp_path / "a-file"
+        blocked.write_text("not a folder")
+        write_config(config, blocked / "out.jsonl", SENSOR.format(name="c"))  # checks, can't open
+        agent.send_signal(signal.SIGHUP)
+        wait_for(lambda: [m[:8] for _, m in systemd.messages].count("READY=1\n") == 2, "READY")
+        count = len(records(out))
+        wait_for(lambda: len(records(out)) > count + 5, "readings on the old config")
+        assert agent.poll() is None  # still running: systemd would only restart it into it
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, stderr = agent.communicate(timeout=20)
+    assert agent.returncode == 0
+    events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    [failed] = [e for e in events if e["event"] == "reload_failed"]
+    assert "cannot open sink" in failed["error"]
