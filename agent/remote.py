@@ -21,6 +21,7 @@ class RemoteTuning:
 
     def __init__(self, tuner: Tuner, uplink: Uplink) -> None:
         self.tuner, self.uplink = tuner, uplink
+        self.refused = log.Burst()  # a flood of bad commands is logged once, then counted
         self.topic_filter = f"{uplink.base_topic}/set/+/+/+"  # our own device's topics, no other
         self.audit_topic = f"{uplink.base_topic}/audit"
         uplink.subscriptions[self.topic_filter] = self.handle
@@ -33,10 +34,14 @@ class RemoteTuning:
                 raise Refused("a retained command is not applied; publish it without retain")
             change = self.tuner.apply(sensor, stage, param, payload, source="mqtt")
         except Refused as e:
-            _log.warning("tuning_refused", **asked, reason=str(e))
+            if self.refused.fail():
+                _log.warning("tuning_refused", **asked, reason=str(e))
             reply = {"ok": False, **asked, "error": str(e)}
         else:
-            _log.info("tuned", **change)
+            if self.refused.failures:
+                _log.info("tuning_refusals", count=self.refused.end())
+            # The change's own time stays in the audit message; the log line has its own.
+            _log.info("tuned", **{k: v for k, v in change.items() if k != "ts"})
             self.uplink.publish_now(self.audit_topic, json.dumps(change).encode(), retain=False)
             reply = {"ok": True, **change}
         self.uplink.publish_now(f"{topic}/result", json.dumps(reply).encode(), retain=False)

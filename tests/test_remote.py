@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import parse
@@ -123,7 +124,7 @@ async def test_a_set_command_changes_a_stage_replies_and_is_audited(
 
 
 async def test_bad_commands_are_refused_with_the_reason_and_change_nothing(
-    tmp_path: Path, broker: Mosquitto
+    tmp_path: Path, broker: Mosquitto, caplog: pytest.LogCaptureFixture
 ) -> None:
     agent = Agent(config(tmp_path, broker.port, tuning=True), sinks=[Collect()])
     ops = Client(broker.port, f"{BASE}/set/+/+/+/result", f"{BASE}/audit")
@@ -155,6 +156,8 @@ async def test_bad_commands_are_refused_with_the_reason_and_change_nothing(
         assert reply["ok"] is False
         assert why in reply["error"]
     assert ops.on(f"{BASE}/audit") == []
+    # A burst of refusals is logged once: a flood of bad commands cannot flood the log.
+    assert [r.getMessage() for r in caplog.records].count("tuning_refused") == 1
     stages = [m.stage for m in agent.routes["ticks"].pipeline.meters]
     assert stages[1].alpha == 1.0  # type: ignore[attr-defined]
 
