@@ -44,9 +44,10 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest -q
 
+# Every figure beside its anchor and goal: a table here, the details in bench/results.json.
+# One module: make bench BENCH_ARGS='--only wire'; a smoke run: BENCH_ARGS=--quick.
 bench: $(STAMP) mosquitto
-	$(BIN)/python bench/buffer_choice.py
-	$(BIN)/python bench/drain.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .edge-agent .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""The `edge-agent` command: run, tail, status, check, describe.
+"""The `edge-agent` command: run, tail, status, check, describe, profile.
 
 Imports stay inside the commands so `edge-agent --version` starts in a blink.
 """
@@ -58,7 +58,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     describe.add_argument("name", nargs="?", help="show only this driver, stage or sink")
 
+    profile = commands.add_parser(
+        "profile", help="profile the config's pipelines on simulated data (cProfile top functions)"
+    )
+    profile.add_argument("-c", "--config", type=Path, required=True)
+    profile.add_argument(
+        "--readings", type=int, default=10_000, help="readings per channel (default 10,000)"
+    )
+    profile.add_argument("--top", type=int, default=15, help="functions to list (default 15)")
+
     args = parser.parse_args(argv)
+    if args.command == "profile":
+        return _profile(args)
     if args.command == "describe":
         try:
             return _describe(args.name)
@@ -116,6 +127,21 @@ def _status(args: argparse.Namespace) -> int:
         return show(config, as_json=args.json, timeout=args.timeout)
     except KeyboardInterrupt:
         return 130
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from agent.profile import run
+
+    if args.readings < 1:
+        print(
+            f"edge-agent profile: --readings: expected 1 or more, got {args.readings}",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    return run(config, args.readings, top=args.top)
 
 
 def _check(path: Path) -> int:

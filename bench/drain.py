@@ -2,7 +2,14 @@
 
 Fills the durable buffer with N aggregates while no broker is up, then starts a private
 mosquitto and times the uplink until the broker has acknowledged (PUBACK, QoS 1) every one.
-Run: .venv/bin/python bench/drain.py [N]
+
+The anchor, in the same run: `mosquitto_pub -l -q 1 -M <inflight>` publishing the same number
+of the same payloads (the bytes the uplink sends for each replayed aggregate, one a line) to a
+private mosquitto of the same configuration, timed from its start to its exit (it exits once the
+last PUBACK is in). A line cannot hold a msgpack payload (its bytes may include a newline), so
+both sides use the uplink's JSON encoding (`payload = "json"`), which never does.
+
+Run: .venv/bin/python bench/drain.py [--quick]   (prints the figures as JSON lines)
 """
 
 from __future__ import annotations
@@ -10,25 +17,45 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from agent import log
+from agent import log, wire
 from agent.config import parse
-from agent.demo import Mosquitto, free_port
+from agent.demo import Mosquitto, free_port, mosquitto_binary
 from agent.records import Aggregate
 from agent.uplink import Uplink
 
+try:
+    from bench.common import Figure, figure
+except ModuleNotFoundError:  # run as `python bench/drain.py`: bench/ itself is on the path
+    from common import Figure, figure  # type: ignore[no-redef]
+
+INFLIGHT = 64  # the uplink's default window (Mqtt.inflight), and mosquitto_pub's -M
+STATS = {"count": 10.0, "mean": 21.5, "min": 20.1, "max": 22.9}
+
+
+def aggregate(seq: int) -> Aggregate:
+    return Aggregate(f"sensor{seq % 10}", seq * 60.0, seq * 60.0 + 60, 10, STATS, "°C", seq)
+
 
 async def drain_once(n: int, scratch: Path) -> float:
+    """Aggregates/s: the uplink draining a backlog of `n` to a broker started after the fill."""
     port = free_port()
     config = parse(
         {
             "agent": {"device_id": "bench", "data_dir": str(scratch / "data")},
             "sensors": [{"name": "x", "driver": "counter"}],
-            "mqtt": {"host": "127.0.0.1", "port": port, "backoff": {"base": 0.05, "cap": 0.1}},
+            "mqtt": {
+                "host": "127.0.0.1",
+                "port": port,
+                "payload": "json",
+                "inflight": INFLIGHT,
+                "backoff": {"base": 0.05, "cap": 0.1},
+            },
         },
         scratch / "bench.toml",
     )
@@ -37,11 +64,8 @@ async def drain_once(n: int, scratch: Path) -> float:
         config.mqtt, config.buffer, device="bench", data_dir=scratch / "data", sensors=[]
     )
     uplink.open()
-    stats = {"count": 10.0, "mean": 21.5, "min": 20.1, "max": 22.9}
     for seq in range(1, n + 1):
-        uplink.write(
-            Aggregate(f"sensor{seq % 10}", seq * 60.0, seq * 60.0 + 60, 10, stats, "°C", seq)
-        )
+        uplink.write(aggregate(seq))
     uplink.commit()
     broker_dir = scratch / f"broker-{port}"
     broker_dir.mkdir()
@@ -52,6 +76,7 @@ async def drain_once(n: int, scratch: Path) -> float:
         while uplink.buffer.pending_bytes:
             await asyncio.sleep(0.005)
         elapsed = time.perf_counter() - started
+        assert uplink.acknowledged >= n, (uplink.acknowledged, n)
         uplink.stop()
         await uplink.close(drain_timeout=1)
         task.cancel()
@@ -60,24 +85,68 @@ async def drain_once(n: int, scratch: Path) -> float:
     return n / elapsed
 
 
-def main() -> None:
+def anchor_once(n: int, scratch: Path) -> float:
+    """Aggregates/s: mosquitto_pub sending the same `n` payloads, one a line, same window."""
+    lines = scratch / "payloads.txt"
+    with lines.open("wb") as f:
+        for seq in range(1, n + 1):
+            payload = wire.mark_replay(wire.encode(aggregate(seq), "bench", "json"))
+            assert b"\n" not in payload
+            f.write(payload + b"\n")
+    pub = mosquitto_binary()
+    assert pub is not None
+    pub = str(Path(pub).with_name("mosquitto_pub"))
+    if not Path(pub).exists():
+        pub = "mosquitto_pub"
+    broker_dir = scratch / "anchor-broker"
+    broker_dir.mkdir()
+    broker = Mosquitto(broker_dir).start()
+    try:
+        with lines.open("rb") as stdin:
+            command = [pub, "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1"]
+            command += ["-M", str(INFLIGHT), "-t", "edge/bench/sensor0/agg", "-l"]
+            started = time.perf_counter()
+            subprocess.run(command, stdin=stdin, check=True, timeout=300)
+            elapsed = time.perf_counter() - started
+    finally:
+        broker.stop()
+    return n / elapsed
+
+
+def figures(quick: bool = False) -> list[Figure]:
+    """Drain speed against the anchor: the median of several runs after a warm-up, each run
+    measuring both, one after the other, so a drifting machine moves both alike."""
+    n, runs = (2_000, 3) if quick else (20_000, 5)
     log.setup("error")  # the broker is down on purpose while the backlog is written
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
-    rates = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for run in range(4):  # the first is a warm-up
+    drains: list[float] = []
+    anchors: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-drain-") as tmp:
+        for run in range(runs + 1):  # the first is a warm-up
             scratch = Path(tmp) / f"run{run}"
             scratch.mkdir()
-            rate = asyncio.run(drain_once(n, scratch))
+            drain = asyncio.run(drain_once(n, scratch))
+            anchor = anchor_once(n, scratch)
             if run:
-                rates.append(rate)
-    result = {
-        "figure": "backlog drain, QoS 1, local mosquitto",
-        "aggregates": n,
-        "median_per_s": round(statistics.median(rates)),
-        "runs": [round(r) for r in rates],
-    }
-    print(json.dumps(result))
+                drains.append(drain)
+                anchors.append(anchor)
+    return [
+        figure(
+            "backlog drain to a local mosquitto, QoS 1",
+            statistics.median(drains),
+            "aggregates/s",
+            goal=0.8,
+            better="higher",
+            anchor=f"mosquitto_pub -l -q 1 -M {INFLIGHT}, same {n} JSON payloads",
+            anchor_value=statistics.median(anchors),
+            runs=runs,
+        )
+    ]
+
+
+def main() -> None:
+    quick = "--quick" in sys.argv
+    for result in figures(quick=quick):
+        print(json.dumps(result, ensure_ascii=False))
 
 
 if __name__ == "__main__":
