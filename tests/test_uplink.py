@@ -15,10 +15,10 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgpack
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent import wire
 from tests.broker import Mosquitto
 from tests.helpers import eventually
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 
 class Subscriber:
-    """A consumer as users write them: a persistent session, QoS 1, msgpack decoded by hand."""
+    """A consumer as users write them: a persistent session, QoS 1, payloads decoded by wire."""
 
     def __init__(self, port: int, topic: str = "edge/#") -> None:
         self.messages: list[tuple[str, dict[str, Any]]] = []
@@ -47,7 +47,7 @@ class Subscriber:
         if message.topic.endswith("/status"):
             return
         with self.lock:
-            self.messages.append((message.topic, msgpack.unpackb(message.payload)))
+            self.messages.append((message.topic, wire.decode(message.payload)))
 
     def aggregates(self, sensor: str) -> list[dict[str, Any]]:
         with self.lock:
@@ -366,7 +366,7 @@ def test_batches_carry_several_records_and_lose_none(tmp_path: Path, broker: Mos
 
     def on_message(c: Any, u: Any, message: Any) -> None:
         with lock:
-            batches.append(msgpack.unpackb(message.payload))
+            batches.append(wire.split(message.payload))
 
     client.on_message = on_message
     client.connect("127.0.0.1", broker.port)
@@ -436,7 +436,6 @@ def test_a_killed_agent_loses_nothing_it_appended_and_duplicates_carry_their_key
 ) -> None:
     """SIGKILL while publishing: what was appended arrives after the restart, and what the
     broker took after the last commit comes again, recognisable by its key."""
-    from agent import wire
     from agent.buffer import Buffer
     from agent.uplink import _split
 

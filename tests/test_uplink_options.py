@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent import wire
 from tests.broker import Mosquitto, free_port
 
 FIELDS = {
@@ -221,7 +221,7 @@ def test_mqtt5_publishes_carry_a_content_type_and_an_expiry(
     finally:
         agent.stop()
         watcher.close()
-    check_aggregates([msgpack.unpackb(m.payload) for m in got])
+    check_aggregates([wire.decode(m.payload) for m in got])
     for message in got:
         properties = message.properties
         assert properties is not None
@@ -240,7 +240,7 @@ def test_qos_0_is_acknowledged_as_sent(tmp_path: Path, broker: Mosquitto) -> Non
         logs = agent.stop()
     time.sleep(0.2)
     watcher.close()
-    check_aggregates([msgpack.unpackb(m.payload) for m in watcher.got()])
+    check_aggregates([wire.decode(m.payload) for m in watcher.got()])
     uplink = counters(logs)
     assert uplink["published"] >= 3, uplink
     assert uplink["acknowledged"] == uplink["published"], uplink
@@ -282,7 +282,7 @@ def test_a_dead_first_broker_fails_over_to_the_next(tmp_path: Path, broker: Mosq
     finally:
         logs = agent.stop()
         watcher.close()
-    check_aggregates([msgpack.unpackb(m.payload) for m in got if m.topic.endswith("/agg")])
+    check_aggregates([wire.decode(m.payload) for m in got if m.topic.endswith("/agg")])
     assert connected["broker"] == real
     unavailable = agent.events("broker_unavailable")
     assert len(unavailable) == 1, logs

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent import wire
 from tests.broker import Mosquitto, free_port
 
 RIGHT_PASSWORD = "Right-horse-7qX2"
@@ -319,7 +319,7 @@ class Subscriber:
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         with self.lock:
-            self.aggregates.append(msgpack.unpackb(message.payload))
+            self.aggregates.append(wire.decode(message.payload))
 
     def wait_for(self, check: Callable[[list[Any]], bool], timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
