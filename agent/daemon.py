@@ -287,18 +287,16 @@ class Agent:
             route = self.routes[channel]
             window = route.window
             try:
-                for reading in route.pipeline.feed(readings):
-                    if window is None:
-                        self._emit(reading)
-                    elif aggregate := window.add(reading):
-                        self._emit(aggregate)
+                passed = route.pipeline.run(readings)
             except Exception as e:  # a faulty stage costs its channel this batch, nothing more
                 self.stage_errors += 1
                 if route.failures.fail():
                     _log.error("stage_failed", channel=channel, error=f"{type(e).__name__}: {e}")
-            else:
-                if route.failures.failures:
-                    _log.info("stage_recovered", channel=channel, failures=route.failures.end())
+                continue
+            if route.failures.failures:
+                _log.info("stage_recovered", channel=channel, failures=route.failures.end())
+            for record in passed if window is None else window.extend(passed):
+                self._emit(record)
 
     def _emit(self, record: Reading | Aggregate) -> None:
         if self.discovery is not None:

@@ -2,12 +2,13 @@
 
 A stage is a small class whose `transform(readings)` is a generator: it pulls
 readings from upstream and yields the ones it passes. A pipeline chains the
-stages of one sensor channel. `feed()` may be called many times (once per
-batch the agent drains from its queue), so a stage keeps its state on `self`,
-in `__slots__`, never in the generator's locals.
+stages of one sensor channel, each stage taking a whole batch in turn. `run()`
+is called many times (once per batch the agent drains from its queue), so a
+stage keeps its state on `self`, in `__slots__`, never in the generator's locals.
 
 Every stage is wrapped by a meter: the pipeline counts what goes in and out of
-each stage and the time spent in it, so no stage writes that code itself.
+each stage and the time spent in it, so no stage writes that code itself. It
+meters once a batch: metering each reading cost more than the stages it timed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 from typing import TYPE_CHECKING, ClassVar, TypedDict
 
 from agent.records import Reading
@@ -80,7 +82,12 @@ class Meter:
     def __init__(self, stage: Stage) -> None:
         self.stage = stage
         self.passed = 0
-        self.ns = 0  # inclusive of the stages upstream; stats() subtracts theirs
+        self.ns = 0  # the stage's own time: each stage runs over a whole batch in turn
+
+
+# Readings feed() hands the stages at a time: it bounds the memory feed() holds, whatever its
+# source; the agent's batches are smaller and go through run() whole.
+CHUNK = 128
 
 
 class Pipeline:
@@ -96,21 +103,36 @@ class Pipeline:
     def stages(self) -> tuple[Stage, ...]:
         return tuple(m.stage for m in self.meters)
 
-    def feed(self, readings: Iterable[Reading]) -> Iterator[Reading]:
-        """The readings that pass every stage, pulled lazily from `readings`."""
-        flow: Iterator[Reading] = self._count(readings)
+    def run(self, batch: list[Reading]) -> list[Reading]:
+        """The readings of `batch` that pass every stage. Each stage takes the whole batch in
+        turn and is metered once for it: metering each reading cost more than the stages."""
+        self.received += len(batch)
+        clock = time.perf_counter_ns
+        upstream = "before the first"
+        now = clock()
         for meter in self.meters:
-            flow = _metered(meter.stage.transform(flow), meter)
-        return flow
+            try:
+                batch = list(meter.stage.transform(batch))
+            except Exception:  # fed something that is not a reading? upstream is to blame
+                _check(batch, upstream)
+                raise
+            finally:  # a stage that raised still spent the time
+                started, now = now, clock()
+                meter.ns += now - started
+            meter.passed += len(batch)
+            upstream = meter.stage.name
+        _check(batch, upstream)
+        return batch
 
-    def _count(self, readings: Iterable[Reading]) -> Iterator[Reading]:
-        for reading in readings:
-            self.received += 1
-            yield reading
+    def feed(self, readings: Iterable[Reading]) -> Iterator[Reading]:
+        """The readings that pass every stage, pulled from `readings` a chunk at a time."""
+        source = iter(readings)
+        while chunk := list(islice(source, CHUNK)):
+            yield from self.run(chunk)
 
     def stats(self) -> list[StageStats]:
         result: list[StageStats] = []
-        received, upstream_ns = self.received, 0
+        received = self.received
         for meter in self.meters:
             result.append(
                 StageStats(
@@ -118,28 +140,18 @@ class Pipeline:
                     received=received,
                     passed=meter.passed,
                     dropped=received - meter.passed,
-                    seconds=max(0, meter.ns - upstream_ns) / 1e9,
+                    seconds=meter.ns / 1e9,
                     counters=meter.stage.counters(),
                 )
             )
-            received, upstream_ns = meter.passed, meter.ns
+            received = meter.passed
         return result
 
 
-_END = object()
-
-
-def _metered(stage_output: Iterator[Reading], meter: Meter) -> Iterator[Reading]:
-    clock = time.perf_counter_ns
-    while True:
-        started = clock()
-        try:
-            reading = next(stage_output, _END)
-        finally:  # also when the stage raised: stats() subtracts this time downstream
-            meter.ns += clock() - started
-        if reading is _END:
-            return
-        if not isinstance(reading, Reading):
-            raise TypeError(f"stage {meter.stage.name} yielded {reading!r}, not a Reading")
-        meter.passed += 1
-        yield reading
+def _check(chunk: list[Reading], stage: str) -> None:
+    """Refuse what is not a reading, naming the stage that yielded it. Checked where the
+    chain ends, or where a stage fails on it: once a batch, not once a stage."""
+    if not set(map(type, chunk)) <= {Reading}:
+        for item in chunk:
+            if not isinstance(item, Reading):
+                raise TypeError(f"stage {stage} yielded {item!r}, not a Reading")

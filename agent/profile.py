@@ -100,10 +100,10 @@ def run(config: Config, readings: int, *, top: int = 15, out: TextIO = sys.stdou
         for batch in batches:
             for channel, group in batch:
                 window = channel.window
-                for reading in channel.pipeline.feed(group):
-                    passed += 1
-                    if window is not None and window.add(reading):
-                        aggregates += 1
+                out = channel.pipeline.run(group)
+                passed += len(out)
+                if window is not None:
+                    aggregates += len(window.extend(out))
 
     profiler = cProfile.Profile()
     started = time.perf_counter()

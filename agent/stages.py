@@ -83,8 +83,9 @@ class Range(Stage, name="range"):
             raise Invalid("min", f"expected min ≤ max, got min = {low:g}, max = {high:g}")
 
     def transform(self, readings: Iterable[Reading]) -> Iterator[Reading]:
-        low = -math.inf if self.min is None else self.min
-        high = math.inf if self.max is None else self.max
+        low, high = self.min, self.max
+        low = -math.inf if low is None else low
+        high = math.inf if high is None else high
         clamp = self.mode == "clamp"
         for reading in readings:
             value = reading.value
@@ -118,12 +119,13 @@ class Delta(Stage, name="delta"):
         self.last_ts = 0.0
 
     def transform(self, readings: Iterable[Reading]) -> Iterator[Reading]:
+        change, heartbeat = self.change, self.heartbeat
         for reading in readings:
             last = self.last_value
             if (
                 last is None
-                or abs(reading.value - last) >= self.change
-                or (self.heartbeat is not None and reading.ts - self.last_ts >= self.heartbeat)
+                or abs(reading.value - last) >= change
+                or (heartbeat is not None and reading.ts - self.last_ts >= heartbeat)
             ):
                 self.last_value = reading.value
                 self.last_ts = reading.ts
@@ -141,9 +143,10 @@ class Throttle(Stage, name="throttle"):
         self.next_ts = -float("inf")
 
     def transform(self, readings: Iterable[Reading]) -> Iterator[Reading]:
+        seconds = self.seconds
         for reading in readings:
             if reading.ts >= self.next_ts:
-                self.next_ts = reading.ts + self.seconds
+                self.next_ts = reading.ts + seconds
                 yield reading
 
 
@@ -156,12 +159,12 @@ class MovingAverage(Stage, name="moving_average"):
         self.values: deque[float] = deque(maxlen=size)
 
     def transform(self, readings: Iterable[Reading]) -> Iterator[Reading]:
-        values = self.values
+        values, fsum = self.values, math.fsum
         for reading in readings:
             values.append(reading.value)
             # A fresh exact sum, not a running total: one huge glitch value would
             # leave a running total wrong long after the glitch left the window.
-            reading.value = math.fsum(values) / len(values)
+            reading.value = fsum(values) / len(values)
             yield reading
 
 

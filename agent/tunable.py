@@ -11,27 +11,28 @@ loader checks it, so a remote change can never put a stage in a state a config c
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Annotated, Any, get_args, get_origin
 
 from agent.schema import Invalid, Mismatch, convert, describe_type, found
 
 
-class Tunable:
-    """A validated stage attribute that the agent may change at run time."""
+class Tunable(property):
+    """A validated stage attribute that the agent may change at run time.
+
+    A property over the slot that keeps the value: reading it costs what reading the slot
+    costs (stages read their parameters once a batch), and setting it checks the value."""
 
     def __init__(self, annotation: Any) -> None:
+        super().__init__()
         self.annotation = annotation
         self.name = self.storage = ""
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name, self.storage = name, f"_{name}"
+        super().__init__(attrgetter(self.storage), self._set)
 
-    def __get__(self, stage: object, owner: type | None = None) -> Any:
-        if stage is None:
-            return self
-        return getattr(stage, self.storage)
-
-    def __set__(self, stage: object, value: object) -> None:
+    def _set(self, stage: object, value: object) -> None:
         try:
             checked = (
                 None

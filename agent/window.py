@@ -13,6 +13,7 @@ float boundaries put readings stamped on a boundary in the wrong window.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal, get_args
 
 from agent.records import Aggregate, Reading
@@ -51,6 +52,7 @@ class TumblingWindow:
         "max",
         "mean",
         "min",
+        "picks",
         "seconds",
         "sensor",
         "seq",
@@ -75,6 +77,7 @@ class TumblingWindow:
         self.unit = unit
         self.seconds = seconds
         self.stats = stats
+        self.picks = tuple(map(STATS.index, stats))  # where each is in _aggregate's values
         self.grace = grace
         self.since = since  # windows that began before this are incomplete: marked partial
         self.seq = seq  # sequence number of the last aggregate emitted
@@ -94,31 +97,50 @@ class TumblingWindow:
 
     def add(self, reading: Reading) -> Aggregate | None:
         """Count one reading in; returns the previous window's aggregate if this closed it."""
-        index = window_number(reading.ts, self.seconds)
-        if index < self.horizon or (self.index is not None and index < self.index):
-            self.late += 1
-            return None
-        closed = None
-        if self.index is None:
-            self.index = index
-        elif index > self.index:
-            closed = self._close(partial=False)
-            self.index = index
-        if not self.unit:
-            self.unit = reading.unit
-        value = reading.value
-        self.count += 1
-        delta = value - self.mean
-        self.mean += delta / self.count
-        self.m2 += delta * (value - self.mean)
-        self.total += value
-        if value < self.min:
-            self.min = value
-        if value > self.max:
-            self.max = value
-        if self.count == 1:
-            self.first = value
-        self.last = value
+        closed = self.extend((reading,))
+        return closed[0] if closed else None
+
+    def extend(self, readings: Sequence[Reading]) -> list[Aggregate]:
+        """Count readings in, in order; returns the aggregates of the windows they closed.
+
+        The running state lives in locals for the loop and goes back to the slots at the end
+        (and around a close): the agent adds a batch at a time, and attribute access per
+        reading was most of the window's cost. A sequence, not any iterable: nothing may
+        raise in the loop and leave the slots behind the locals."""
+        closed: list[Aggregate] = []
+        floor, resolution, seconds, index = math.floor, RESOLUTION, self.seconds, self.index
+        count, mean, m2, total = self.count, self.mean, self.m2, self.total
+        low, high, first, last = self.min, self.max, self.first, self.last
+        for reading in readings:
+            number = floor((reading.ts + resolution) / seconds)
+            if number != index:  # the first reading of a window (or a late one)
+                if number < self.horizon or (index is not None and number < index):
+                    self.late += 1
+                    continue
+                if index is not None:  # it closes the open window
+                    if count:
+                        self.count, self.mean, self.m2, self.total = count, mean, m2, total
+                        self.min, self.max, self.first, self.last = low, high, first, last
+                        closed.append(self._aggregate(index, partial=False))
+                    count, mean, m2, total = 0, 0.0, 0.0, 0.0
+                    low, high = math.inf, -math.inf
+                index = self.index = number
+                first = reading.value
+                if not self.unit:
+                    self.unit = reading.unit
+            value = reading.value
+            count += 1
+            delta = value - mean
+            mean += delta / count
+            m2 += delta * (value - mean)
+            total += value
+            if value < low:
+                low = value
+            if value > high:
+                high = value
+            last = value
+        self.count, self.mean, self.m2, self.total = count, mean, m2, total
+        self.min, self.max, self.first, self.last = low, high, first, last
         return closed
 
     @property
@@ -144,31 +166,30 @@ class TumblingWindow:
     def _close(self, *, partial: bool) -> Aggregate | None:
         index = self.index
         assert index is not None
-        start, end = index * self.seconds, (index + 1) * self.seconds
         self.index = None
         self.horizon = index + 1
-        if self.count == 0:
-            return None
-        values = {
-            "count": float(self.count),
-            "mean": self.mean,
-            "min": self.min,
-            "max": self.max,
-            "sum": self.total,
-            "stddev": math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else 0.0,
-            "first": self.first,
-            "last": self.last,
-        }
-        self.seq += 1
-        aggregate = Aggregate(
-            sensor=self.sensor,
-            start=start,
-            end=end,
-            count=self.count,
-            stats={name: values[name] for name in self.stats},
-            unit=self.unit,
-            seq=self.seq,
-            partial=partial or start < self.since,
-        )
+        aggregate = self._aggregate(index, partial=partial) if self.count else None
         self._reset()
         return aggregate
+
+    def _aggregate(self, index: int, *, partial: bool) -> Aggregate:
+        """The aggregate of window `index` from the running state."""
+        count = self.count
+        stddev = math.sqrt(self.m2 / (count - 1)) if count > 1 else 0.0
+        values = (  # in STATS order: self.picks indexes it
+            float(count),
+            self.mean,
+            self.min,
+            self.max,
+            self.total,
+            stddev,
+            self.first,
+            self.last,
+        )
+        stats: dict[str, float] = {}
+        for name, i in zip(self.stats, self.picks, strict=True):
+            stats[name] = values[i]
+        start, end = index * self.seconds, (index + 1) * self.seconds
+        self.seq += 1
+        partial = partial or start < self.since
+        return Aggregate(self.sensor, start, end, count, stats, self.unit, self.seq, partial)

@@ -69,9 +69,7 @@ def run(total: int) -> int:
         pending = []
         for channel, group in by_channel.items():
             pipeline, window = routes[channel]
-            for reading in pipeline.feed(group):
-                if window.add(reading):
-                    aggregates += 1
+            aggregates += len(window.extend(pipeline.run(group)))
     return aggregates
 
 

@@ -91,3 +91,48 @@ def test_memory_is_bounded_whatever_the_number_of_readings() -> None:
     # Bounded by design: ten times the readings, the same few kilobytes of state.
     assert large < 64 * 1024
     assert abs(large - small) < 8 * 1024
+
+
+def test_run_takes_a_batch_whole_and_meters_it_as_feed_does() -> None:
+    def pipeline() -> Pipeline:
+        return Pipeline([Calibrate(scale=10), Range(max=50), MovingAverage(size=2)])
+
+    def batches() -> list[list[Reading]]:  # fresh ones for each: stages change values in place
+        return [list(readings(range(i, i + 4), start=i)) for i in range(0, 12, 4)]
+
+    by_run, by_feed = pipeline(), pipeline()
+    out = [r.value for b in batches() for r in by_run.run(b)]
+    assert out == [r.value for b in batches() for r in by_feed.feed(b)]
+    assert out == [0, 5, 15, 25, 35, 45]
+    strip = [{k: v for k, v in s.items() if k != "seconds"} for s in by_run.stats()]
+    assert strip == [{k: v for k, v in s.items() if k != "seconds"} for s in by_feed.stats()]
+
+
+class Junk(Stage, name="test_junk"):
+    """Yield a number instead of the reading."""
+
+    __slots__ = ()
+
+    def transform(self, readings: Iterable[Reading]) -> Iterator[Reading]:
+        for reading in readings:
+            yield reading.value  # type: ignore[misc]
+
+
+def test_a_stage_that_yields_no_reading_is_named() -> None:
+    pipeline = Pipeline([Calibrate(), Junk()])
+    try:
+        list(pipeline.feed(readings([1.0])))
+    except TypeError as e:
+        assert "stage test_junk yielded 1.0, not a Reading" in str(e)
+    else:
+        raise AssertionError("junk passed the pipeline")
+
+
+def test_a_stage_that_fails_on_junk_fed_to_it_names_the_stage_upstream() -> None:
+    pipeline = Pipeline([Junk(), Calibrate(offset=1)])
+    try:
+        pipeline.run(list(readings([1.0])))
+    except TypeError as e:
+        assert "stage test_junk yielded 1.0, not a Reading" in str(e)
+    else:
+        raise AssertionError("junk passed the pipeline")

@@ -19,7 +19,7 @@ def test_profile_names_the_pipeline_functions(capsys: pytest.CaptureFixture[str]
     assert "800 readings (200 for each of 4 channels)" in out
     assert "by cumulative time" in out
     assert "by own time" in out
-    for function in ("pipeline.py", "(_metered)", "stages.py", "(transform)", "window.py"):
+    for function in ("pipeline.py", "(run)", "stages.py", "(transform)", "window.py"):
         assert function in out
 
 

@@ -98,3 +98,32 @@ def test_state_does_not_grow_with_the_number_of_readings() -> None:
     run(window, list(readings(range(100_000))))
     assert not hasattr(window, "__dict__")
     assert window.count == 100_000
+
+
+def _fields(aggregates: list[Aggregate]) -> list[tuple[object, ...]]:
+    return [(a.start, a.end, a.count, a.seq, a.partial, a.stats) for a in aggregates]
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 50])
+def test_a_batch_gives_what_one_reading_at_a_time_gives(size: int) -> None:
+    """extend() keeps its running state in locals: a close in mid-batch, a late reading and a
+    gap of empty windows must leave it exactly where add() would."""
+    values = [math.sin(i) * 10 for i in range(40)]
+    times = [100.0 + i * 0.3 for i in range(40)]
+    times[17] = 101.0  # late: its window closed long ago
+    times[30:] = [t + 5 for t in times[30:]]  # a gap of empty windows
+    items = [Reading("t", ts, v, "u") for ts, v in zip(times, values, strict=True)]
+    one = TumblingWindow("t", seconds=1, stats=STATS)  # type: ignore[arg-type]
+    many = TumblingWindow("t", seconds=1, stats=STATS)  # type: ignore[arg-type]
+    expected = run(one, items)
+    got = [a for i in range(0, len(items), size) for a in many.extend(items[i : i + size])]
+    assert _fields(got) == _fields(expected)
+    assert many.late == one.late == 1
+    assert _fields([many.flush()]) == _fields([one.flush()])  # type: ignore[list-item]
+
+
+def test_the_chosen_statistics_keep_their_configured_order_in_a_batch() -> None:
+    window = TumblingWindow("t", seconds=1, stats=("last", "min", "first"))
+    [aggregate] = window.extend(list(readings([5, 2, 8, 1, 7], step=0.25)))
+    assert aggregate.stats == {"last": 1.0, "min": 1.0, "first": 5.0}
+    assert list(aggregate.stats) == ["last", "min", "first"]

@@ -185,7 +185,7 @@ def test_layout_1_payloads_still_decode_convert_and_replay() -> None:
 
 
 def test_a_layout_1_batch_still_splits() -> None:
-    records = [aggregate(), Reading("door", 1795903741.25, 1.0)]
+    records: list[Aggregate | Reading] = [aggregate(), Reading("door", 1795903741.25, 1.0)]
     old_batch = b"\x92" + b"".join(v1(r) for r in records)  # what join() used to send
     assert wire.split(old_batch) == [named(r) for r in records]
 
