@@ -7,6 +7,8 @@ import itertools
 import tracemalloc
 from collections.abc import Iterable, Iterator
 
+import pytest
+
 from agent.pipeline import Pipeline, Stage
 from agent.records import Reading
 from agent.stages import Calibrate, Median, MovingAverage, Range
@@ -120,19 +122,11 @@ class Junk(Stage, name="test_junk"):
 
 def test_a_stage_that_yields_no_reading_is_named() -> None:
     pipeline = Pipeline([Calibrate(), Junk()])
-    try:
+    with pytest.raises(TypeError, match=r"stage test_junk yielded 1\.0, not a Reading"):
         list(pipeline.feed(readings([1.0])))
-    except TypeError as e:
-        assert "stage test_junk yielded 1.0, not a Reading" in str(e)
-    else:
-        raise AssertionError("junk passed the pipeline")
 
 
 def test_a_stage_that_fails_on_junk_fed_to_it_names_the_stage_upstream() -> None:
     pipeline = Pipeline([Junk(), Calibrate(offset=1)])
-    try:
+    with pytest.raises(TypeError, match=r"stage test_junk yielded 1\.0, not a Reading"):
         pipeline.run(list(readings([1.0])))
-    except TypeError as e:
-        assert "stage test_junk yielded 1.0, not a Reading" in str(e)
-    else:
-        raise AssertionError("junk passed the pipeline")
