@@ -1,7 +1,7 @@
 """Run the benchmark suite: every figure beside its anchor and goal, into bench/results.json and
 a table on the terminal.
 
-Run: .venv/bin/python bench/run.py [--quick] [--only NAME]   (or `make bench`)
+Run: .venv/bin/python bench/run.py [--quick] [--only NAME] [--fleet N]   (or `make bench`)
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:  # run as a script: `bench` is a folder beside `ag
 from bench.common import Figure  # noqa: E402
 
 # Every bench module, in the order the table shows them; each has figures(quick) -> list[Figure].
-MODULES = ("pipeline", "memory", "wire", "drain", "buffer", "footprint")
+MODULES = ("pipeline", "memory", "wire", "drain", "buffer", "footprint", "fleet")
 RESULTS = ROOT / "bench" / "results.json"
 
 
@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=MODULES, help="run this bench module only")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where results go (JSON)")
+    parser.add_argument(
+        "--fleet", type=int, metavar="N", help="agents in bench/fleet.py (200; 5 with --quick)"
+    )
     args = parser.parse_args(argv)
 
     results: dict[str, Any] = {"machine": machine(), "quick": args.quick, "figures": []}
@@ -112,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         if module is None:
             continue
         print(f"running bench/{name}.py{' (quick)' if args.quick else ''}…", file=sys.stderr)
-        for f in module.figures(quick=args.quick):
+        options = {"agents": args.fleet} if name == "fleet" and args.fleet else {}
+        for f in module.figures(quick=args.quick, **options):
             figures.append(f)
             results["figures"].append({"module": name, **f})
     args.output.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
