@@ -18,12 +18,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from agent import __version__, homeassistant, log
+from agent import __version__, features, homeassistant, log
 from agent.clock import SYSTEM_CLOCK, Clock
 from agent.config import Config, Mqtt
 from agent.health import Vitals
 from agent.notify import Notifier
-from agent.pipeline import Pipeline
+from agent.pipeline import Pipeline, Stage
 from agent.queues import DropOldestQueue
 from agent.records import Aggregate, Reading
 from agent.remote import Discovery, RemoteTuning
@@ -35,6 +35,11 @@ from agent.uplink import Uplink
 from agent.window import TumblingWindow
 
 _log = log.get("agent")
+
+# How often the consumer looks for results a process pool owes, and how long a stop waits
+# for them before closing the windows without them.
+OWED_POLL = 0.02
+OWED_WAIT = 5.0
 
 
 class StartupError(Exception):
@@ -118,6 +123,12 @@ class Agent:
                         since=started,
                     )
                 self.routes[channel] = Route(Pipeline([s.build() for s in sensor.pipeline]), window)
+        # Routes with a stage that may owe results (a process pool's): polled while they do.
+        self.owing = {
+            channel: route
+            for channel, route in self.routes.items()
+            if any(type(m.stage).pending is not Stage.pending for m in route.pipeline.meters)
+        }
         self.discovery: Discovery | None = None
         if self.uplink is not None and config.mqtt is not None:
             self._remote(config.mqtt, self.uplink)
@@ -175,6 +186,9 @@ class Agent:
                     if route.window is not None:  # sequence numbers go on across restarts
                         route.window.seq = last_seqs.get(channel, 0)
                 uplink_task = asyncio.create_task(self.uplink.run(), name="uplink")
+            # Worker processes take a while to start: before the sensors, off the loop.
+            stages = [m.stage for route in self.owing.values() for m in route.pipeline.meters]
+            await asyncio.to_thread(features.start_workers, stages)
             tasks = [
                 asyncio.create_task(r.run(), name=f"sensor-{r.sensor.name}") for r in self.runners
             ]
@@ -209,6 +223,10 @@ class Agent:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 self._process(self.queue.take_all())
+                waited = 0.0
+                while self._collect_owed() and waited < OWED_WAIT:
+                    await asyncio.sleep(OWED_POLL)
+                    waited += OWED_POLL
                 for route in self.routes.values():
                     if route.window is not None and (aggregate := route.window.flush()):
                         self._emit(aggregate)
@@ -220,6 +238,7 @@ class Agent:
                 self._log_counters()
 
     async def _consume(self) -> None:
+        owed = False
         while not self._stopping:
             self.cycles += 1
             deadline = min(
@@ -229,6 +248,8 @@ class Agent:
             wait = deadline - self.clock.time()
             if self.ping_every is not None:
                 wait = min(wait, self.ping_every / 2)
+            if owed:
+                wait = min(wait, OWED_POLL)
             if wait > 0 and not len(self.queue):
                 with contextlib.suppress(TimeoutError):
                     # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
@@ -236,6 +257,7 @@ class Agent:
                     async with asyncio.timeout(None if math.isinf(wait) else wait):
                         await self.queue.wait()
             self._process(self.queue.take_all())
+            owed = self._collect_owed()
             now = self.clock.time()
             for route in self.routes.values():
                 if route.window is not None and (aggregate := route.window.advance(now)):
@@ -284,19 +306,31 @@ class Agent:
         for reading in batch:
             by_channel.setdefault(reading.sensor, []).append(reading)
         for channel, readings in by_channel.items():
-            route = self.routes[channel]
-            window = route.window
-            try:
-                passed = route.pipeline.run(readings)
-            except Exception as e:  # a faulty stage costs its channel this batch, nothing more
-                self.stage_errors += 1
-                if route.failures.fail():
-                    _log.error("stage_failed", channel=channel, error=f"{type(e).__name__}: {e}")
-                continue
-            if route.failures.failures:
-                _log.info("stage_recovered", channel=channel, failures=route.failures.end())
-            for record in passed if window is None else window.extend(passed):
-                self._emit(record)
+            self._run(channel, self.routes[channel], readings)
+
+    def _run(self, channel: str, route: Route, readings: list[Reading]) -> None:
+        try:
+            passed = route.pipeline.run(readings)
+        except Exception as e:  # a faulty stage costs its channel this batch, nothing more
+            self.stage_errors += 1
+            if route.failures.fail():
+                _log.error("stage_failed", channel=channel, error=f"{type(e).__name__}: {e}")
+            return
+        if route.failures.failures:
+            _log.info("stage_recovered", channel=channel, failures=route.failures.end())
+        window = route.window
+        for record in passed if window is None else window.extend(passed):
+            self._emit(record)
+
+    def _collect_owed(self) -> bool:
+        """Run the routes whose stages owe results, for those that are ready; whether any
+        are still owed."""
+        owed = False
+        for channel, route in self.owing.items():
+            if route.pipeline.pending():
+                self._run(channel, route, [])
+                owed = owed or bool(route.pipeline.pending())
+        return owed
 
     def _emit(self, record: Reading | Aggregate) -> None:
         if self.discovery is not None:

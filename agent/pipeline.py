@@ -62,6 +62,11 @@ class Stage(Component):
         """Counts of the stage's own (clamped values, say); the meter counts in and out."""
         return {}
 
+    def pending(self) -> int:
+        """Results the stage owes: work it handed elsewhere (a process pool) that a later
+        transform() yields, even of no readings. The agent polls while any are owed."""
+        return 0
+
     if TYPE_CHECKING:  # declared for type checkers; each stage defines its own
 
         def transform(self, readings: Iterable[Reading]) -> Iterator[Reading]: ...
@@ -123,6 +128,10 @@ class Pipeline:
             upstream = meter.stage.name
         _check(batch, upstream)
         return batch
+
+    def pending(self) -> int:
+        """Results the stages owe (see Stage.pending)."""
+        return sum(m.stage.pending() for m in self.meters)
 
     def feed(self, readings: Iterable[Reading]) -> Iterator[Reading]:
         """The readings that pass every stage, pulled from `readings` a chunk at a time."""

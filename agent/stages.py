@@ -205,3 +205,7 @@ class ExponentialMovingAverage(Stage, name="ema"):
             state = reading.value if state is None else state + alpha * (reading.value - state)
             self.state = reading.value = state
             yield reading
+
+
+# Built in too, in a module of its own: it brings an FFT and a process pool.
+from agent.features import BandPower  # noqa: E402, F401

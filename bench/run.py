@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:  # run as a script: `bench` is a folder beside `ag
 from bench.common import Figure  # noqa: E402
 
 # Every bench module, in the order the table shows them; each has figures(quick) -> list[Figure].
-MODULES = ("pipeline", "memory", "wire", "drain", "buffer", "footprint", "fleet")
+MODULES = ("pipeline", "memory", "features", "wire", "drain", "buffer", "footprint", "fleet")
 RESULTS = ROOT / "bench" / "results.json"
 
 
