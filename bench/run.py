@@ -2,6 +2,8 @@
 a table on the terminal.
 
 Run: .venv/bin/python bench/run.py [--quick] [--only NAME] [--fleet N]   (or `make bench`)
+`--only NAME` replaces that module's figures in the results file and keeps the others (each
+figure carries the date it was measured); `--markdown` prints the README's table of it.
 """
 
 from __future__ import annotations
@@ -98,6 +100,36 @@ def table(figures: list[Figure]) -> str:
     return "\n".join(lines)
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """The README's table of `results`: the same columns as the terminal's."""
+    lines = [
+        "| figure | value | anchor (same run) | ratio | goal | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in results["figures"]:
+        anchor = f"{number(f['anchor_value'], f['unit'])} ({f['anchor']})" if f["anchor"] else "—"
+        ratio = "—" if f["ratio"] is None else f"{f['ratio']:.2f}"
+        met = "✓" if f["met"] else "✗"
+        cells = (f["name"], number(f["value"], f["unit"]), anchor, ratio, f["goal"], met)
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def merged(output: Path, fresh: dict[str, Any], ran: tuple[str, ...]) -> dict[str, Any]:
+    """`fresh` with the figures of the modules it did not run kept from `output`, in the
+    table's order: `--only NAME` updates one module's figures, not the whole file."""
+    try:
+        old = json.loads(output.read_text())
+    except (OSError, ValueError):
+        return fresh
+    if old.get("quick") != fresh["quick"]:
+        return fresh
+    kept = [f for f in old.get("figures", []) if f.get("module") not in ran]
+    figures = kept + fresh["figures"]
+    figures.sort(key=lambda f: MODULES.index(f["module"]) if f["module"] in MODULES else 99)
+    return {**fresh, "figures": figures}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--only", choices=MODULES, help="run this bench module only")
@@ -106,11 +138,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--fleet", type=int, metavar="N", help="agents in bench/fleet.py (200; 5 with --quick)"
     )
+    parser.add_argument(
+        "--markdown", action="store_true", help="print the README table of --output; run nothing"
+    )
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.output.read_text())))
+        return 0
 
     results: dict[str, Any] = {"machine": machine(), "quick": args.quick, "figures": []}
     figures: list[Figure] = []
-    for name in (args.only,) if args.only else MODULES:
+    ran = (args.only,) if args.only else MODULES
+    for name in ran:
         module = load(name)
         if module is None:
             continue
@@ -118,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         options = {"agents": args.fleet} if name == "fleet" and args.fleet else {}
         for f in module.figures(quick=args.quick, **options):
             figures.append(f)
-            results["figures"].append({"module": name, **f})
+            results["figures"].append({"module": name, "date": results["machine"]["date"], **f})
+    if args.only:
+        results = merged(args.output, results, ran)
     args.output.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     m = results["machine"]
     print(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +41,36 @@ def test_bench_runner_smoke(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "wire bytes per aggregate" in done.stdout
     assert '"figures"' in results.read_text()
+
+
+def test_bench_only_one_module_keeps_the_others_figures(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    earlier = {"module": "memory", "name": "kept", "value": 1}
+    results.write_text(json.dumps({"machine": {}, "quick": True, "figures": [earlier]}))
+    done = subprocess.run(
+        [sys.executable, "bench/run.py", "--quick", "--only", "wire", "--output", str(results)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(results.read_text())["figures"]
+    assert [f["module"] for f in figures] == ["memory", "wire", "wire"]
+    assert figures[0] == earlier
+    assert all(f["date"] for f in figures[1:])
+
+
+def test_the_readme_shows_the_table_of_the_results_file() -> None:
+    """The Performance table is bench/run.py --markdown of bench/results.json, so the two
+    cannot drift apart: after `make bench`, paste the new table into the README."""
+    table = subprocess.run(
+        [sys.executable, "bench/run.py", "--markdown"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
+    assert table.count("\n") >= 10
+    assert table in (ROOT / "README.md").read_text()
