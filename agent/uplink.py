@@ -4,11 +4,17 @@
                     ^                                   │
                     └──────── release on PUBACK ────────┘
 
-paho-mqtt runs the connection on its own thread; its callbacks are handed to the
-event loop, so all the uplink's state lives on one thread. Reconnecting is ours,
-not paho's: exponential backoff with full jitter between `backoff.base` and
-`backoff.cap`, one log line per change of state, never a busy loop. Keepalive
-pings notice a dead connection even when nothing is being published.
+paho-mqtt speaks the protocol, but the event loop drives its socket (loop_read and
+loop_write on add_reader/add_writer, loop_misc on a timer), so paho's callbacks and all
+the uplink's state live on one thread. Not paho's own network thread: a backlog drain
+profiled with it showed that thread fighting the event loop for the GIL, and one
+call_soon_threadsafe (a self-pipe write and a wake-up) per PUBACK; on the loop, a burst of
+PUBACKs is one read and one wake-up of the sender. Only connecting runs in a worker
+thread: resolving, TCP and TLS block.
+
+Reconnecting is ours, not paho's: exponential backoff with full jitter between
+`backoff.base` and `backoff.cap`, one log line per change of state, never a busy loop.
+Keepalive pings notice a dead connection even when nothing is being published.
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from agent import __version__, log, wire
 from agent.buffer import Buffer
@@ -38,6 +45,38 @@ from agent.security import secure
 _log = log.get("agent.uplink")
 _TOPIC = struct.Struct("<H")  # a buffered record is: topic length, topic, payload
 STABLE = 5.0  # seconds a connection must last to count as a success for the backoff
+HANG_UP = 1.0  # seconds a DISCONNECT may take to go out before the socket is just closed
+
+
+class _Client(mqtt.Client):
+    """paho's client, less two costs it puts on every PUBACK, the largest of a backlog drain
+    once paho's thread is gone (bench/drain.py under cProfile):
+
+    - decoding one builds a ReasonCode and a Properties object, about 20 µs here. A PUBACK
+      of just a message id (MQTT 3.1.1, or 5 without a reason code: success) skips that;
+      anything else (a reason code, properties, PUBCOMP) goes paho's way.
+    - paho then looks through every message in flight for one waiting for room in the
+      window. None waits unless the uplink gave it more than the window (the "online"
+      status beside a full one): only then is it worth the look.
+    """
+
+    _SUCCESS = ReasonCode(PacketTypes.PUBACK)
+    _NO_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
+
+    def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
+        packet = self._in_packet["packet"]
+        if cmd != "PUBACK" or len(packet) != 2:
+            return super()._handle_pubackcomp(cmd)
+        mid = packet[0] << 8 | packet[1]
+        with self._out_message_mutex:
+            if mid in self._out_messages:
+                return self._do_on_publish(mid, self._SUCCESS, self._NO_PROPERTIES)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _update_inflight(self) -> MQTTErrorCode:
+        if self._inflight_messages >= len(self._out_messages):  # every message is in flight
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return super()._update_inflight()
 
 
 class Uplink:
@@ -164,6 +203,7 @@ class Uplink:
     async def run(self) -> None:
         """Connect, send, reconnect, until `stop()`; then the agent calls `close()`."""
         committer = asyncio.create_task(self._commit_periodically())
+        keeper = asyncio.create_task(self._keep_alive())
         try:
             quick_drops = 0  # connections in a row that the broker dropped right after making
             while not self._stopping:
@@ -200,6 +240,7 @@ class Uplink:
                 await self._sleep(jittered(backoff.base, backoff.cap, self.breaker.failures))
         finally:
             committer.cancel()
+            keeper.cancel()
 
     def stop(self) -> None:
         self._stopping = True
@@ -214,11 +255,12 @@ class Uplink:
                     while self.buffer.pending_bytes and self.connected:
                         await asyncio.sleep(0.05)
             info = client.publish(self.status_topic, self._status("offline"), qos=1, retain=True)
-            with contextlib.suppress(RuntimeError, ValueError):
-                await asyncio.to_thread(info.wait_for_publish, 2.0)
+            with contextlib.suppress(TimeoutError, RuntimeError, ValueError):
+                async with asyncio.timeout(2.0):
+                    while client.socket() is not None and not info.is_published():
+                        await asyncio.sleep(0.01)
             self.connected = False  # a disconnect we asked for: not worth a warning
-            client.disconnect()
-            await asyncio.to_thread(client.loop_stop)
+            await self._hang_up(client)
         self.commit()
         self.buffer.close()
 
@@ -231,6 +273,14 @@ class Uplink:
                     await self._wake.wait()
                     self._wake.clear()
 
+    async def _keep_alive(self) -> None:
+        """paho's timers: a PINGREQ when the line was quiet for `keepalive` s, and the end of a
+        connection whose PINGRESP did not come within as long."""
+        while True:
+            await asyncio.sleep(min(1.0, self.settings.keepalive / 2))
+            if self._client is not None and self.connected:  # not while connect() runs
+                self._client.loop_misc()
+
     async def _commit_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.commit_interval)
@@ -240,8 +290,7 @@ class Uplink:
                 _log.error("buffer_commit_failed", error=str(e))
 
     def _new_client(self) -> mqtt.Client:
-        loop = asyncio.get_running_loop()
-        client = mqtt.Client(
+        client = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"edge-agent-{self.device}",
             protocol=mqtt.MQTTv5 if self.settings.protocol == "5" else mqtt.MQTTv311,
@@ -250,16 +299,60 @@ class Uplink:
         client.max_inflight_messages_set(self.settings.inflight)
         client.will_set(self.status_topic, self._status("offline"), qos=1, retain=True)
         secure(client, self.settings)
+        loop = asyncio.get_running_loop()
 
-        def later(fn: Any, *args: Any) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening
-                loop.call_soon_threadsafe(fn, *args)
+        def disconnected(c: mqtt.Client, u: Any, flags: Any, reason: Any, props: Any) -> None:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:  # in connect(), in its worker thread: the broker hung up at once
+                loop.call_soon_threadsafe(self._on_disconnect, reason)
+            else:
+                self._on_disconnect(reason)
 
-        client.on_connect = lambda c, u, flags, rc, props: later(self._on_connect, rc)
-        client.on_disconnect = lambda c, u, flags, rc, props: later(self._on_disconnect, rc)
-        client.on_publish = lambda c, u, mid, rc, props: later(self._on_publish, mid, rc.is_failure)
-        client.on_message = lambda c, u, m: later(self._on_message, m.topic, m.payload, m.retain)
+        client.on_disconnect = disconnected
         return client
+
+    def _attach(self, client: mqtt.Client) -> bool:
+        """Hand a client connected in a worker thread to the event loop: from now on paho
+        runs, and calls back, only here. False if its socket is already gone."""
+        loop = asyncio.get_running_loop()
+        sock = client.socket()
+        if sock is None:
+            return False
+
+        def closed(c: mqtt.Client, u: Any, sock: Any) -> None:
+            loop.remove_reader(sock)
+            loop.remove_writer(sock)
+
+        def written(c: mqtt.Client, u: Any, sock: Any) -> None:
+            loop.remove_writer(sock)
+
+        client.on_connect = lambda c, u, flags, rc, props: self._on_connect(rc)
+        client.on_publish = lambda c, u, mid, rc, props: self._on_publish(mid, rc.is_failure)
+
+        def received(c: mqtt.Client, u: Any, m: mqtt.MQTTMessage) -> None:
+            # Handlers run after paho's read, not inside it: one that raises would leave
+            # paho's packet half handled, to be handled again at every read.
+            loop.call_soon(self._on_message, m.topic, bytes(m.payload), m.retain)
+
+        client.on_message = received
+        client.on_socket_close = closed
+        client.on_socket_register_write = lambda c, u, s: loop.add_writer(s, c.loop_write)
+        client.on_socket_unregister_write = written
+        loop.add_reader(sock, self._readable, client)
+        if client.want_write():  # the CONNECT did not all go out in connect()
+            loop.add_writer(sock, client.loop_write)
+        return True
+
+    @staticmethod
+    def _readable(client: mqtt.Client) -> None:
+        client.loop_read()
+        # TLS may hold decrypted bytes of its own that leave the socket not readable: take
+        # them now, or they wait for the next bytes from the broker (a ping away).
+        sock = client.socket()
+        while isinstance(sock, ssl.SSLSocket) and sock.pending():
+            client.loop_read()
+            sock = client.socket()
 
     def _status(self, state: str) -> bytes:
         status: dict[str, Any] = {"state": state, "version": __version__, "device": self.device}
@@ -296,7 +389,8 @@ class Uplink:
         except OSError as e:
             self._trouble(f"{host}:{port}", f"cannot reach it: {e}")
             return False
-        client.loop_start()
+        if not self._attach(client) and not self._connack.done():
+            self._connack.set_result("closed")
         try:
             async with asyncio.timeout(self.settings.keepalive):
                 reason = await self._connack
@@ -308,8 +402,7 @@ class Uplink:
                 # checks it; a refusal then arrives as a bare close, without the alert.
                 reason += "; over TLS this is often a client certificate the broker requires"
             self._trouble(f"{host}:{port}", f"refused the connection: {reason}")
-            client.disconnect()
-            await asyncio.to_thread(client.loop_stop)
+            await self._hang_up(client)
             return False
         self.connected = True
         self.broker = (host, port)
@@ -331,8 +424,23 @@ class Uplink:
     async def _drop_client(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            client.disconnect()
-            await asyncio.to_thread(client.loop_stop)
+            await self._hang_up(client)
+
+    async def _hang_up(self, client: mqtt.Client) -> None:
+        """Say DISCONNECT and close the socket; a broker that does not read it within
+        HANG_UP s gets the socket closed anyway."""
+        if client.socket() is not None:
+            client.disconnect()  # paho closes the socket once the packet is out
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(HANG_UP):
+                while client.socket() is not None:
+                    await asyncio.sleep(0.01)
+        sock = client.socket()
+        if sock is not None:
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(sock)
+            loop.remove_writer(sock)
+            sock.close()
 
     def _trouble(self, broker: str, problem: str) -> None:
         if self._problems.get(broker) != problem:
@@ -420,7 +528,7 @@ class Uplink:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(held):  # None: until woken
                     await self._wake.wait()
-        await asyncio.to_thread(client.loop_stop)
+        await self._hang_up(client)
 
     def _release(self, acked: dict[int, int]) -> None:
         cursor = self.buffer.cursor

@@ -9,6 +9,12 @@ private mosquitto of the same configuration, timed from its start to its exit (i
 last PUBACK is in). A line cannot hold a msgpack payload (its bytes may include a newline), so
 both sides use the uplink's JSON encoding (`payload = "json"`), which never does.
 
+Like with like: the uplink runs with `batch = 1` (its default), so it too sends one PUBLISH per
+aggregate, QoS 1, with at most INFLIGHT awaiting their PUBACK; batching (`batch = 50` on
+{base}/batch) would send a fiftieth of the messages and is not what the anchor does. The
+uplink's time includes connecting (after the broker starts) and releasing acknowledged records
+from the buffer; the anchor's includes starting mosquitto_pub and reading its stdin.
+
 Run: .venv/bin/python bench/drain.py [--quick]   (prints the figures as JSON lines)
 """
 

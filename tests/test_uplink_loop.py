@@ -1,0 +1,117 @@
+"""The uplink drives paho from the event loop: no network thread of paho's, a short way for
+plain PUBACKs, and subscription handlers that cannot wedge paho's reading."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.records import Aggregate
+from agent.uplink import _Client
+from tests.broker import Mosquitto
+from tests.helpers import eventually
+from tests.test_uplink_faults import make_uplink
+
+
+def aggregate(seq: int) -> Aggregate:
+    return Aggregate("a", float(seq), seq + 1.0, 10, {"mean": float(seq)}, "u", seq)
+
+
+async def test_a_backlog_drains_with_no_network_thread_and_a_bounded_window(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    uplink = make_uplink(tmp_path, broker.port, inflight=8)
+    uplink.open()
+    for seq in range(1, 301):
+        uplink.write(aggregate(seq))
+    task = asyncio.create_task(uplink.run())
+    most = 0
+
+    def drained() -> bool:
+        nonlocal most
+        client = uplink._client
+        if client is not None:  # every QoS 1 message paho has not had a PUBACK for
+            most = max(most, len(client._out_messages))
+        return uplink.buffer.pending_bytes == 0
+
+    try:
+        await eventually(drained, lambda: f"acknowledged {uplink.acknowledged}")
+        assert uplink.acknowledged == 300
+        assert most <= 8
+        names = [t.name for t in threading.enumerate()]
+        assert not [n for n in names if n.startswith("paho")], names
+    finally:
+        uplink.stop()
+        await asyncio.wait_for(uplink.close(drain_timeout=0.5), 10)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def test_a_plain_puback_takes_the_short_way_and_a_refusal_goes_paho_s() -> None:
+    """Pins the paho internals _Client relies on: if an upgrade renames them, this fails here
+    rather than as a connection that errors at its first PUBACK."""
+    client = _Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    seen: list[tuple[int, bool]] = []
+    client.on_publish = lambda c, u, mid, reason, props: seen.append((mid, reason.is_failure))
+    for mid in (1, 2, 3):
+        message = mqtt.MQTTMessage(mid, b"t")
+        message.qos = 1
+        client._out_messages[mid] = message
+    client._inflight_messages = 3
+    for packet in (b"\x00\x01", b"\x00\x02\x87", b"\x00\x09"):  # ok, refused, unknown mid
+        client._in_packet["packet"] = bytearray(packet)
+        assert client._handle_pubackcomp("PUBACK") == mqtt.MQTT_ERR_SUCCESS
+    assert seen == [(1, False), (2, True)]
+    assert list(client._out_messages) == [3]
+    assert client._inflight_messages == 1
+
+
+async def test_a_handler_that_raises_does_not_wedge_the_connection(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """Handlers called inside paho's read: one that raised left paho's packet half handled;
+    paho handled it again at every later read and never read another packet (no PUBACK, no
+    message), so the backlog stopped for good."""
+    uplink = make_uplink(tmp_path, broker.port)
+    calls: list[bytes] = []
+
+    def handler(topic: str, payload: bytes, retained: bool) -> None:
+        calls.append(payload)
+        if payload == b"bad":
+            raise KeyError("a handler's own bug")
+
+    uplink.subscriptions["edge/pi/set/#"] = handler
+    uplink.open()
+    task = asyncio.create_task(uplink.run())
+    sender = mqtt.Client(CallbackAPIVersion.VERSION2)
+    sender.connect("127.0.0.1", broker.port)
+    sender.loop_start()
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda loop, context: None)  # the KeyError, logged by asyncio
+    try:
+        await eventually(lambda: uplink.connected, lambda: "not connected")
+        await asyncio.sleep(0.2)  # the subscription in place
+        sender.publish("edge/pi/set/x", b"bad", qos=1).wait_for_publish(5)
+        await eventually(lambda: calls, lambda: "no message")
+        sender.publish("edge/pi/set/x", b"good", qos=1).wait_for_publish(5)
+        for seq in range(1, 11):
+            uplink.write(aggregate(seq))
+        await eventually(
+            lambda: b"good" in calls and uplink.buffer.pending_bytes == 0,
+            lambda: (
+                f"{len(calls)} calls, the last {calls[-1:]}, acknowledged {uplink.acknowledged}"
+            ),
+            timeout=5,
+        )
+    finally:
+        sender.disconnect()
+        sender.loop_stop()
+        uplink.stop()
+        await asyncio.wait_for(uplink.close(drain_timeout=0.5), 10)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        loop.set_exception_handler(None)
