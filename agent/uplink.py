@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.client import PUBLISH
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -49,8 +50,10 @@ HANG_UP = 1.0  # seconds a DISCONNECT may take to go out before the socket is ju
 
 
 class _Client(mqtt.Client):
-    """paho's client, less two costs it puts on every PUBACK, the largest of a backlog drain
-    once paho's thread is gone (bench/drain.py under cProfile):
+    """paho's client, less four costs it puts on every message, the largest of a backlog drain
+    once paho's thread is gone (bench/drain.py under cProfile). Each override is of a private
+    paho method: tests/test_uplink_loop.py pins them, so an upgrade that changes them fails
+    there, not on a board.
 
     - decoding one builds a ReasonCode and a Properties object, about 20 µs here. A PUBACK
       of just a message id (MQTT 3.1.1, or 5 without a reason code: success) skips that;
@@ -58,10 +61,48 @@ class _Client(mqtt.Client):
     - paho then looks through every message in flight for one waiting for room in the
       window. None waits unless the uplink gave it more than the window (the "online"
       status beside a full one): only then is it worth the look.
+    - paho reads a packet in three recv() calls (its first byte, its length, the rest): a
+      system call each, for a 4-byte PUBACK. It gets them from what one recv() read ahead.
+    - paho sends each queued packet with a send() of its own: a window-full of PUBLISHes
+      goes out in one.
     """
 
     _SUCCESS = ReasonCode(PacketTypes.PUBACK)
     _NO_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
+    READ_AHEAD = 1 << 16
+
+    _read: bytes = b""  # read ahead from the socket, not yet handed to paho
+    _read_at = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._read_at >= len(self._read):
+            self._read, self._read_at = super()._sock_recv(self.READ_AHEAD), 0
+        start, self._read_at = self._read_at, self._read_at + bufsize
+        return self._read[start : self._read_at]
+
+    def _packet_write(self) -> MQTTErrorCode:
+        # A backlog queues PUBLISHes by the window-full: one send() for all of them, not one
+        # each. Only QoS 1 and 2 ones that have not started: paho does nothing after sending
+        # those (their state waits in _out_messages for the PUBACK), so one packet may stand
+        # for them all, partial sends included.
+        queue, merged = self._out_packet, []
+        while (
+            queue
+            and queue[0]["command"] & 0xF0 == PUBLISH
+            and queue[0]["qos"]
+            and not queue[0]["pos"]
+        ):
+            merged.append(queue.popleft())
+        if len(merged) > 1:
+            data = b"".join(packet["packet"] for packet in merged)
+            queue.appendleft({**merged[-1], "to_process": len(data), "packet": data, "info": None})
+        else:
+            queue.extendleft(merged)
+        return super()._packet_write()
+
+    def read_ahead(self) -> bool:
+        """Whether bytes read ahead wait for paho: the socket will not say so."""
+        return self._read_at < len(self._read)
 
     def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
         packet = self._in_packet["packet"]
@@ -114,7 +155,7 @@ class Uplink:
         self._wake = asyncio.Event()
         self._stopping = False
         self._problems: dict[str, str] = {}  # last problem logged per broker: log each change once
-        self._client: mqtt.Client | None = None
+        self._client: _Client | None = None
         self._acks: list[int] = []  # message ids the broker acknowledged, not yet processed
         self._batch_since: float | None = None  # when a short batch began to wait
         self._refused = False  # the broker refused a publish on this connection
@@ -289,7 +330,7 @@ class Uplink:
             except OSError as e:  # a full disk, EIO: try again at the next interval
                 _log.error("buffer_commit_failed", error=str(e))
 
-    def _new_client(self) -> mqtt.Client:
+    def _new_client(self) -> _Client:
         client = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"edge-agent-{self.device}",
@@ -312,7 +353,7 @@ class Uplink:
         client.on_disconnect = disconnected
         return client
 
-    def _attach(self, client: mqtt.Client) -> bool:
+    def _attach(self, client: _Client) -> bool:
         """Hand a client connected in a worker thread to the event loop: from now on paho
         runs, and calls back, only here. False if its socket is already gone."""
         loop = asyncio.get_running_loop()
@@ -345,14 +386,15 @@ class Uplink:
         return True
 
     @staticmethod
-    def _readable(client: mqtt.Client) -> None:
+    def _readable(client: _Client) -> None:
         client.loop_read()
-        # TLS may hold decrypted bytes of its own that leave the socket not readable: take
-        # them now, or they wait for the next bytes from the broker (a ping away).
-        sock = client.socket()
-        while isinstance(sock, ssl.SSLSocket) and sock.pending():
+        # Bytes may be in hand where the socket no longer says readable: read ahead by
+        # _Client, or decrypted and held by TLS. Take them now, or they wait for the next
+        # bytes from the broker (a ping away).
+        while (sock := client.socket()) is not None and (
+            client.read_ahead() or (isinstance(sock, ssl.SSLSocket) and sock.pending())
+        ):
             client.loop_read()
-            sock = client.socket()
 
     def _status(self, state: str) -> bytes:
         status: dict[str, Any] = {"state": state, "version": __version__, "device": self.device}

@@ -4,6 +4,7 @@ plain PUBACKs, and subscription handlers that cannot wedge paho's reading."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.records import Aggregate
-from agent.uplink import _Client
+from agent.uplink import Uplink, _Client
 from tests.broker import Mosquitto
 from tests.helpers import eventually
 from tests.test_uplink_faults import make_uplink
@@ -115,3 +116,73 @@ async def test_a_handler_that_raises_does_not_wedge_the_connection(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         loop.set_exception_handler(None)
+
+
+def _connected_client() -> tuple[_Client, socket.socket]:
+    """A _Client on one end of a socket pair, the broker's side the other end."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    client = _Client(CallbackAPIVersion.VERSION2)
+    client._sock = ours
+    return client, theirs
+
+
+def test_acknowledgements_read_ahead_are_all_handled_though_the_socket_is_quiet() -> None:
+    """One recv() reads a PUBACK and a PINGRESP; paho's loop_read stops after as many packets
+    as it has messages in flight (one), so the PINGRESP waits in the read-ahead, where the
+    socket will never say readable again: the uplink's reader must take it too."""
+    client, broker_side = _connected_client()
+    acked: list[int] = []
+    client.on_publish = lambda c, u, mid, reason, props: acked.append(mid)
+    message = mqtt.MQTTMessage(1, b"t")
+    message.qos = 1
+    client._out_messages[1] = message
+    client._inflight_messages = 1
+    client._ping_t = 1.0  # a PINGREQ out, waiting for its PINGRESP
+    broker_side.sendall(b"\x40\x02\x00\x01" + b"\xd0\x00")  # PUBACK 1, PINGRESP
+    Uplink._readable(client)
+    assert acked == [1]
+    assert client._ping_t == 0  # the PINGRESP was handled
+    assert not client.read_ahead()
+    broker_side.close()
+
+
+class CountingSocket:
+    """The socket paho writes to, counting its send() calls."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.sends = sock, 0
+
+    def send(self, data: bytes) -> int:
+        self.sends += 1
+        return self.sock.send(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_queued_publishes_go_out_in_one_send_in_order_partial_sends_included() -> None:
+    client, broker_side = _connected_client()
+    client._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    counting = CountingSocket(client._sock)
+    client._sock = counting  # type: ignore[assignment]
+    client.on_socket_register_write = lambda c, u, s: None  # as the uplink: it writes later
+    packets = [bytes([0x32, 0x7F]) + bytes([seq % 251]) * 127 for seq in range(300)]
+    for mid, packet in enumerate(packets, 1):
+        client._packet_queue(0x30, packet, mid, 1)
+    published = client.publish("t", b"qos 0 in the middle", qos=0)
+    expected = b"".join(packets) + b"\x30\x16\x00\x01t" + b"qos 0 in the middle"
+    received = b""
+    while client._out_packet:
+        client._packet_write()
+        while len(received) < len(expected):
+            try:
+                received += broker_side.recv(65536, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+    while len(received) < len(expected):
+        received += broker_side.recv(65536)
+    assert received == expected
+    assert counting.sends < 30  # 301 packets: partial sends of merged ones, not one each
+    assert published.is_published()  # the QoS 0 one went paho's own way: marked sent
+    broker_side.close()
