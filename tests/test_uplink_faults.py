@@ -13,13 +13,11 @@ import contextlib
 import json
 import os
 import socket
-import struct
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +70,12 @@ async def wait_until(condition: Any, timeout: float = 5.0) -> bool:
 
 
 def saved_state(directory: Path) -> tuple[int, dict[str, Any]]:
-    data = (directory / "cursor").read_bytes()
-    assert struct.unpack_from("<I", data)[0] == zlib.crc32(data[4:])
-    return struct.unpack_from("<Q", data, 4)[0], json.loads(data[12:])
+    """The cursor and the uplink's state as the last commit left them on disk."""
+    from agent.buffer import last_commit
+
+    state = last_commit(directory)
+    assert state is not None, "no commit on disk"
+    return state[0], json.loads(state[1])
 
 
 def run_child(code: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
@@ -120,31 +121,49 @@ async def test_a_publish_the_broker_refuses_is_not_released(tmp_path: Path) -> N
 # -- 2. One failed periodic commit ends periodic commits for good ---------------------------
 
 
-async def test_a_failed_commit_does_not_stop_the_periodic_commits(tmp_path: Path) -> None:
+def test_a_failed_commit_does_not_stop_the_periodic_commits(tmp_path: Path) -> None:
     """uplink.py:207: _commit_periodically has no try/except. One OSError from commit() (a full
     disk, EIO) ends the task silently; from then on nothing is fsynced until commit_records
     records have been written (1000 by default: hours of aggregates), not every
-    commit_interval as promised. (A directory in the way of cursor.tmp stands in for ENOSPC.)"""
-    uplink = make_uplink(tmp_path, free_port(), buffer={"commit_interval": 0.05})
-    uplink.open()
-    uplink.commit()
-    task = asyncio.create_task(uplink.run())  # no broker: only the committer matters here
-    directory = tmp_path / "data" / "buffer"
-    try:
-        (directory / "cursor.tmp").mkdir()  # the next cursor write fails once
-        uplink.write(aggregate("x", 1))
-        await asyncio.sleep(0.3)
-        (directory / "cursor.tmp").rmdir()  # the disk is fine again
-        uplink.write(aggregate("x", 2))
-        committed = await wait_until(
-            lambda: saved_state(directory)[1].get("seq", {}).get("x") == 2, timeout=1.0
-        )
-    finally:
-        uplink.stop()
-        await asyncio.wait_for(uplink.close(drain_timeout=0.1), 5)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    assert committed, "nothing was committed for 1 s (20 commit intervals) after one failure"
+    commit_interval as promised. The commits are made to fail for real, in a child process:
+    with RLIMIT_FSIZE below the cursor slot's size, the kernel cuts the slot write short."""
+    result = run_child(
+        f"""
+        import asyncio, resource, signal
+        from pathlib import Path
+        from tests.broker import free_port
+        from tests.test_uplink_faults import aggregate, make_uplink, saved_state, wait_until
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead
+        tmp = Path({str(tmp_path)!r})
+        seq = lambda: saved_state(tmp / "data" / "buffer")[1].get("seq", {{}}).get("x")
+        async def main():
+            uplink = make_uplink(tmp, free_port(), buffer={{"commit_interval": 0.05}})
+            uplink.open()
+            uplink.commit()
+            task = asyncio.create_task(uplink.run())  # no broker: only the committer matters
+            uplink.write(aggregate("x", 1))
+            saved = await wait_until(lambda: seq() == 1, timeout=1.0)
+            uplink.write(aggregate("x", 2))
+            soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (1, hard))  # each commit now fails
+            await asyncio.sleep(0.3)
+            held = seq() == 1  # the commits of x#2 failed (and the slot before still holds)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # the disk is fine again
+            committed = await wait_until(lambda: seq() == 2, timeout=1.0)
+            uplink.stop()
+            await asyncio.wait_for(uplink.close(drain_timeout=0.1), 5)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            print(saved, held, committed)
+        asyncio.run(main())
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    saved, held, committed = result.stdout.split()
+    assert (saved, held) == ("True", "True"), "the commits did not fail: nothing was tested"
+    assert committed == "True", (
+        "nothing was committed for 1 s (20 commit intervals) after a failure"
+    )
 
 
 # -- 3. A short write (disk full mid-frame) misaligns every later position --------------------
