@@ -8,7 +8,6 @@ check and into the words a user reads when the check fails.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 import math
 import re
@@ -111,6 +110,8 @@ def found(value: object) -> str:
 
 
 def suggest(word: str, choices: Iterable[str]) -> str:
+    import difflib  # only when a name is wrong: not worth its memory in every agent
+
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f'; did you mean "{close[0]}"?' if close else ""
 

@@ -1,6 +1,6 @@
 """Fleet: N agents, each its own `edge-agent run` process, against one local mosquitto.
 
-- per-agent peak RSS (ru_maxrss from wait4, as bench/footprint.py measures one agent), median
+- per-agent peak RSS (VmHWM before the stop, as bench/footprint.py measures one agent), median
   and max, against the peak RSS of `python -c 'import asyncio, paho.mqtt.client, msgpack'`;
 - per-agent CPU (utime + stime from /proc/PID/stat) over the measured period, median and max;
 - PUBLISH messages/s the broker received over that period ($SYS/broker/publish/messages/received,
@@ -42,14 +42,14 @@ from agent.wire import decode
 
 try:
     from bench.common import Figure, figure, median_of
-    from bench.footprint import AGENT, _cpu_seconds, _vm_rss, _wait_usage, anchor_rss
+    from bench.footprint import AGENT, _cpu_seconds, _vm_hwm, _vm_rss, anchor_rss
 except ModuleNotFoundError:  # run as `python bench/fleet.py`: bench/ itself is on the path
     from common import Figure, figure, median_of  # type: ignore[import-not-found,no-redef]
     from footprint import (  # type: ignore[import-not-found,no-redef]
         AGENT,
         _cpu_seconds,
+        _vm_hwm,
         _vm_rss,
-        _wait_usage,
         anchor_rss,
     )
 
@@ -178,7 +178,7 @@ class Agent:
     config: Path
     log: Path
     process: subprocess.Popen[bytes]
-    peak_rss: float = 0.0  # bytes, ru_maxrss
+    peak_rss: float = 0.0  # bytes, VmHWM before the stop
     cpu: float = 0.0  # % of one core over the measured period
 
 
@@ -247,12 +247,14 @@ def run(agents: int, seconds: float, wave: int, scratch: Path, settle: float = 3
             a.cpu = share
         rate = watcher.rate(start, end)
 
+        for a in fleet:
+            a.peak_rss = float(_vm_hwm(a.process.pid))
         stop_began = time.monotonic()
         for a in fleet:
             a.process.send_signal(signal.SIGTERM)
         deadline = stop_began + WAIT
         for a in fleet:
-            a.peak_rss = _reap(a.process, deadline)
+            _reap(a.process, deadline)
         stopping = time.monotonic() - stop_began
         result = Result(fleet, startup, end - start, stopping, rate, cpu[-1], broker_rss)
         _check(result, watcher)
@@ -322,19 +324,13 @@ def _alive(fleet: list[Agent]) -> None:
             raise RuntimeError(f"{a.device} exited early ({a.process.returncode}){_tail(a.log)}")
 
 
-def _reap(process: subprocess.Popen[bytes], deadline: float) -> float:
-    """Wait for `process` to exit, at most until `deadline` (then kill it), and reap it for
-    its peak RSS. Polls for the zombie, since a blocking wait4 has no time-out."""
-    while _state(process.pid) != "Z" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if _state(process.pid) != "Z":
+def _reap(process: subprocess.Popen[bytes], deadline: float) -> None:
+    """Wait for `process` to exit, at most until `deadline` (then kill it), and reap it."""
+    try:
+        process.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
         process.kill()
-    return float(_wait_usage(process))
-
-
-def _state(pid: int) -> str:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat[stat.rindex(")") + 2]
+        process.wait()
 
 
 def _tail(log: Path) -> str:

@@ -1,8 +1,10 @@
 """Footprint: what the running agent costs a Pi owner, beside its physical anchors.
 
 - agent RSS, 10 simulated sensors at 10 Hz with windows and a local mosquitto: the process's
-  peak RSS (ru_maxrss from wait4, the kernel's VmHWM) against the peak RSS of
-  `python -c 'import asyncio, paho.mqtt.client, msgpack'` measured the same way;
+  peak RSS (VmHWM in /proc/PID/status, read while it runs) against the peak RSS of
+  `python -c 'import asyncio, paho.mqtt.client, msgpack'` measured the same way, once its
+  imports are done. Not ru_maxrss from wait4: Linux carries the parent's RSS over into a
+  child's ru_maxrss at exec, so every child of this (large) bench process read the same;
 - CPU over that run (utime + stime from /proc/PID/stat over the steady part, after the first
   window closed), as % of one core;
 - `edge-agent --version` wall time against `python -c pass` (the same interpreter);
@@ -66,11 +68,9 @@ def _config(scratch: Path, port: int, *, sensors: int, interval: float, window: 
     return path
 
 
-def _wait_usage(process: subprocess.Popen[bytes]) -> int:
-    """Reap `process` and return its peak RSS in bytes (ru_maxrss, KiB on Linux)."""
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return usage.ru_maxrss * 1024
+def _vm_hwm(pid: int) -> int:
+    """The peak RSS of `pid` so far in bytes (VmHWM: its own, since its exec), 0 once gone."""
+    return _status_kib(pid, "VmHWM:") * 1024
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -82,19 +82,34 @@ def _cpu_seconds(pid: int) -> float:
 
 def _vm_rss(pid: int) -> int:
     """The current VmRSS of `pid` in bytes (0 once it is gone)."""
+    return _status_kib(pid, "VmRSS:") * 1024
+
+
+def _status_kib(pid: int, field: str) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
+            if line.startswith(field):
+                return int(line.split()[1])
     except FileNotFoundError:
         pass
-    return 0
+    return 0  # gone, or a zombie: no memory left to report
 
 
 def anchor_rss() -> float:
-    """Peak RSS of the import anchor, in bytes."""
-    process = subprocess.Popen([PYTHON, "-c", IMPORTS])
-    return float(_wait_usage(process))
+    """Peak RSS of the import anchor, in bytes: read once its imports are done, while it
+    waits to be told to exit."""
+    process = subprocess.Popen(
+        [PYTHON, "-c", IMPORTS + "; print(flush=True); import sys; sys.stdin.read()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert process.stdin is not None
+    assert process.stdout is not None
+    process.stdout.readline()
+    peak = _vm_hwm(process.pid)
+    process.stdin.close()
+    process.wait()
+    return float(peak)
 
 
 class Steady:
@@ -102,7 +117,7 @@ class Steady:
 
     def __init__(self, config: Path, seconds: float, settle: float) -> None:
         self.config, self.seconds, self.settle = config, seconds, settle
-        self.peak = 0.0  # bytes, ru_maxrss
+        self.peak = 0.0  # bytes, VmHWM before the stop
         self.sampled_max = 0.0  # bytes, the largest VmRSS sample
         self.sampled_last = 0.0  # bytes, the last VmRSS sample (steady state)
         self.cpu = 0.0  # % of one core over [settle, seconds]
@@ -125,8 +140,9 @@ class Steady:
             time.sleep(0.25)
         cpu_end, wall_end = _cpu_seconds(process.pid), time.monotonic()
         samples.append(_vm_rss(process.pid))
+        self.peak = float(_vm_hwm(process.pid))
         process.send_signal(signal.SIGTERM)
-        self.peak = float(_wait_usage(process))
+        process.wait()
         assert cpu_start is not None
         assert wall_start is not None
         self.cpu = 100 * (cpu_end - cpu_start) / (wall_end - wall_start)

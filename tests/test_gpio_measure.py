@@ -18,7 +18,8 @@ from gpiozero.pins.mock import MockFactory, MockTriggerPin
 
 from drivers.gpio import GPIODevice
 from drivers.hcsr04 import HCSR04, echo_time
-from drivers.mcp3008 import MCP3008, SimulatedMCP3008
+from drivers.mcp3008 import MCP3008
+from drivers.mcp3008_twin import SimulatedMCP3008
 
 # gpiozero's advice to use pigpio for timing, and its warning for each missed echo.
 pytestmark = [
