@@ -101,7 +101,7 @@ def figures(quick: bool = False) -> list[Figure]:
     growth = large_peak - small_peak
     return [
         figure(
-            "bytes per in-flight Reading (sys.getsizeof, no __dict__)",
+            "bytes per in-flight Reading (sys.getsizeof, no `__dict__`)",
             size,
             "B",
             goal=72,
