@@ -9,7 +9,10 @@ import threading
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from agent.records import Aggregate
 from agent.uplink import Uplink, _Client
@@ -118,11 +121,11 @@ async def test_a_handler_that_raises_does_not_wedge_the_connection(
         loop.set_exception_handler(None)
 
 
-def _connected_client() -> tuple[_Client, socket.socket]:
+def _connected_client(protocol: int = mqtt.MQTTv311) -> tuple[_Client, socket.socket]:
     """A _Client on one end of a socket pair, the broker's side the other end."""
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
-    client = _Client(CallbackAPIVersion.VERSION2)
+    client = _Client(CallbackAPIVersion.VERSION2, protocol=protocol)
     client._sock = ours
     return client, theirs
 
@@ -185,4 +188,46 @@ def test_queued_publishes_go_out_in_one_send_in_order_partial_sends_included() -
     assert received == expected
     assert counting.sends < 30  # 301 packets: partial sends of merged ones, not one each
     assert published.is_published()  # the QoS 0 one went paho's own way: marked sent
+    broker_side.close()
+
+
+@pytest.mark.parametrize("protocol", [mqtt.MQTTv311, mqtt.MQTTv5])
+@pytest.mark.parametrize("size", [10, 200, 20_000])  # remaining lengths of 1, 2 and 3 bytes
+def test_a_publish_framed_here_is_the_packet_paho_frames(protocol: int, size: int) -> None:
+    properties = None
+    packed = b""
+    if protocol == mqtt.MQTTv5:
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        properties.ContentType = "application/json"
+        properties.MessageExpiryInterval = 3600
+        packed = properties.pack()  # type: ignore[no-untyped-call]
+    frames = []
+    for fast in (True, False):
+        client, broker_side = _connected_client(protocol)
+        client.on_socket_register_write = lambda c, u, s: None  # keep the packet queued
+        payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+        if fast:
+            assert client.publish_qos1(b"edge/pi/air/agg", payload, packed) == 1
+        else:
+            client._state = mqtt._ConnectionState.MQTT_CS_CONNECTED
+            info = client.publish("edge/pi/air/agg", payload, qos=1, properties=properties)
+            assert info.mid == 1
+        [queued] = client._out_packet
+        frames.append(bytes(queued["packet"]))
+        broker_side.close()
+    assert frames[0] == frames[1]
+
+
+def test_pubacks_of_publishes_framed_here_reach_on_publish_refusals_included() -> None:
+    client, broker_side = _connected_client(mqtt.MQTTv5)
+    client.on_socket_register_write = lambda c, u, s: None
+    seen: list[tuple[int, bool]] = []
+    client.on_publish = lambda c, u, mid, reason, props: seen.append((mid, reason.is_failure))
+    mids = [client.publish_qos1(b"t", b"p", b"\x00") for _ in range(3)]
+    assert mids == [1, 2, 3]
+    for packet in (b"\x00\x01", b"\x00\x02\x87\x00", b"\x00\x03\x10", b"\x00\x09"):
+        client._in_packet["packet"] = bytearray(packet)  # ok; refused; no subscribers; unknown
+        assert client._handle_pubackcomp("PUBACK") == mqtt.MQTT_ERR_SUCCESS
+    assert seen == [(1, False), (2, True), (3, False)]
+    assert not client.awaiting
     broker_side.close()
