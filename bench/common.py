@@ -21,7 +21,7 @@ class Figure(TypedDict):
     anchor_value: float | None
     ratio: float | None  # value / anchor_value
     goal: str  # "≥ 0.5 × anchor", "≤ 72 B"
-    met: bool
+    met: bool | None  # None: shown for context, with no goal of its own
     runs: int  # how many measured runs the median is of
 
 
@@ -44,19 +44,22 @@ def figure(
     value: float,
     unit: str,
     *,
-    goal: float,
+    goal: float | None,
     better: Literal["higher", "lower"],
     anchor: str = "",
     anchor_value: float | None = None,
     runs: int = 5,
 ) -> Figure:
     """A figure with its goal: against the anchor's ratio when there is an anchor, else
-    against the value itself."""
+    against the value itself. No goal: a figure shown beside another for context."""
     ratio = value / anchor_value if anchor_value else None
     compared = ratio if ratio is not None else value
-    met = compared >= goal if better == "higher" else compared <= goal
-    sign = "≥" if better == "higher" else "≤"
-    goal_text = f"{sign} {goal:g} × anchor" if anchor else f"{sign} {goal:g} {unit}"
+    met: bool | None = None
+    goal_text = "—"
+    if goal is not None:
+        met = compared >= goal if better == "higher" else compared <= goal
+        sign = "≥" if better == "higher" else "≤"
+        goal_text = f"{sign} {goal:g} × anchor" if anchor else f"{sign} {goal:g} {unit}"
     return Figure(
         name=name,
         value=value,

@@ -83,7 +83,7 @@ async def worst_lag_ms(executor: Executor, blocks: int) -> float:
 
 
 def figures(quick: bool = False) -> list[Figure]:
-    blocks, runs = (2, 1) if quick else (BLOCKS, 3)
+    blocks, runs = (2, 1) if quick else (BLOCKS, 5)
     start_workers([stage("process")])
     speed: dict[Executor, list[float]] = {"inline": [], "process": []}
     lag: dict[Executor, list[float]] = {"inline": [], "process": []}

@@ -92,7 +92,7 @@ def table(figures: list[Figure]) -> str:
     for f in figures:
         anchor = f"{number(f['anchor_value'], f['unit'])} ({f['anchor']})" if f["anchor"] else "—"
         ratio = "—" if f["ratio"] is None else f"{f['ratio']:.2f}"
-        met = "✓" if f["met"] else "✗"
+        met = "—" if f["met"] is None else "✓" if f["met"] else "✗"
         rows.append((f["name"], number(f["value"], f["unit"]), anchor, ratio, f["goal"], met))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
@@ -109,7 +109,7 @@ def markdown(results: dict[str, Any]) -> str:
     for f in results["figures"]:
         anchor = f"{number(f['anchor_value'], f['unit'])} ({f['anchor']})" if f["anchor"] else "—"
         ratio = "—" if f["ratio"] is None else f"{f['ratio']:.2f}"
-        met = "✓" if f["met"] else "✗"
+        met = "—" if f["met"] is None else "✓" if f["met"] else "✗"
         cells = (f["name"], number(f["value"], f["unit"]), anchor, ratio, f["goal"], met)
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
