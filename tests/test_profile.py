@@ -29,15 +29,15 @@ def test_profile_refuses_no_readings(capsys: pytest.CaptureFixture[str]) -> None
     assert "--readings: expected 1 or more, got 0" in capsys.readouterr().err
 
 
+def bench(*args: str) -> subprocess.CompletedProcess[str]:
+    """bench/run.py with `args`, as a user runs it."""
+    command = [sys.executable, "bench/run.py", *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
 def test_bench_runner_smoke(tmp_path: Path) -> None:
     results = tmp_path / "results.json"
-    done = subprocess.run(
-        [sys.executable, "bench/run.py", "--quick", "--only", "wire", "--output", str(results)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = bench("--quick", "--only", "wire", "--output", str(results))
     assert done.returncode == 0, done.stderr
     assert "wire bytes per aggregate" in done.stdout
     assert '"figures"' in results.read_text()
@@ -47,13 +47,7 @@ def test_bench_only_one_module_keeps_the_others_figures(tmp_path: Path) -> None:
     results = tmp_path / "results.json"
     earlier = {"module": "memory", "name": "kept", "value": 1}
     results.write_text(json.dumps({"machine": {}, "quick": True, "figures": [earlier]}))
-    done = subprocess.run(
-        [sys.executable, "bench/run.py", "--quick", "--only", "wire", "--output", str(results)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = bench("--quick", "--only", "wire", "--output", str(results))
     assert done.returncode == 0, done.stderr
     figures = json.loads(results.read_text())["figures"]
     assert [f["module"] for f in figures] == ["memory", "wire", "wire"]
@@ -64,13 +58,8 @@ def test_bench_only_one_module_keeps_the_others_figures(tmp_path: Path) -> None:
 def test_the_readme_shows_the_table_of_the_results_file() -> None:
     """The Performance table is bench/run.py --markdown of bench/results.json, so the two
     cannot drift apart: after `make bench`, paste the new table into the README."""
-    table = subprocess.run(
-        [sys.executable, "bench/run.py", "--markdown"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout.strip()
+    done = bench("--markdown")
+    assert done.returncode == 0, done.stderr
+    table = done.stdout.strip()
     assert table.count("\n") >= 10
     assert table in (ROOT / "README.md").read_text()
