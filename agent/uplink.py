@@ -59,8 +59,8 @@ class _Client(mqtt.Client):
       of just a message id (MQTT 3.1.1, or 5 without a reason code: success) skips that;
       anything else (a reason code, properties, PUBCOMP) goes paho's way.
     - paho then looks through every message in flight for one waiting for room in the
-      window. None waits unless the uplink gave it more than the window (the "online"
-      status beside a full one): only then is it worth the look.
+      window. None of paho's own waits unless one came while the window was full (the
+      "online" status, a health message): only then is it worth the look.
     - paho reads a packet in three recv() calls (its first byte, its length, the rest): a
       system call each, for a 4-byte PUBACK. It gets them from what one recv() read ahead.
     - paho sends each queued packet with a send() of its own: a window-full of PUBLISHes
@@ -93,6 +93,7 @@ class _Client(mqtt.Client):
         body = _U16.pack(len(topic)) + topic + _U16.pack(mid) + properties + payload
         self._packet_queue(PUBLISH | 2, b"\x32" + _length(len(body)) + body, mid, 1)
         self.awaiting.add(mid)
+        self._inflight_messages += 1  # counted with paho's own: they share the window
         return mid
 
     def _sock_recv(self, bufsize: int) -> bytes:
@@ -129,17 +130,19 @@ class _Client(mqtt.Client):
         packet = self._in_packet["packet"]
         mid = packet[0] << 8 | packet[1] if len(packet) >= 2 else -1
         if cmd == "PUBACK" and mid in self.awaiting:
-            self.awaiting.discard(mid)
             # MQTT 5 may add a reason code (0x80 and above: not delivered) and properties.
-            reason = (
-                self._SUCCESS
-                if len(packet) == 2
-                else ReasonCode(PacketTypes.PUBACK, identifier=packet[2])
-            )
+            reason = self._SUCCESS
+            if len(packet) > 2:
+                try:
+                    reason = ReasonCode(PacketTypes.PUBACK, identifier=packet[2])
+                except KeyError:  # no PUBACK reason code: a broken broker; paho reconnects
+                    return MQTTErrorCode.MQTT_ERR_PROTOCOL
+            self.awaiting.discard(mid)
+            self._inflight_messages -= 1
             on_publish: Any = self.on_publish  # the VERSION2 signature: the uplink's own
             if on_publish is not None:
                 on_publish(self, self._userdata, mid, reason, self._NO_PROPERTIES)
-            return MQTTErrorCode.MQTT_ERR_SUCCESS
+            return self._update_inflight()  # a message of paho's may wait for the room
         if cmd != "PUBACK" or len(packet) != 2:
             return super()._handle_pubackcomp(cmd)
         with self._out_message_mutex:
@@ -148,8 +151,8 @@ class _Client(mqtt.Client):
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _update_inflight(self) -> MQTTErrorCode:
-        if self._inflight_messages >= len(self._out_messages):  # every message is in flight
-            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        if self._inflight_messages - len(self.awaiting) >= len(self._out_messages):
+            return MQTTErrorCode.MQTT_ERR_SUCCESS  # every message of paho's is in flight
         return super()._update_inflight()
 
 
@@ -576,7 +579,10 @@ class Uplink:
         acked: dict[int, int] = {}  # start -> end of each acknowledged message, not released
         held: float | None = None  # seconds a short live batch may still wait for more records
         while self.connected:
-            room = self.settings.inflight - len(inflight)
+            # The window is shared with paho's own QoS 1 messages (status, health, discovery):
+            # never more than `inflight` unacknowledged, as a broker's Receive Maximum wants.
+            window = self.settings.inflight - len(client._out_messages)
+            room = max(0, window - len(inflight))
             messages: list[tuple[str, bytes, int, int, int]] = []
             if room:
                 messages, held = self._outgoing(live, room, replay_until, None)
@@ -603,12 +609,7 @@ class Uplink:
                     live = end
                 self.published += records
             self._wake.clear()
-            for mid in self._acks:
-                if (entry := inflight.pop(mid, None)) is not None:
-                    acked[entry[0]] = entry[1]
-                    self.acknowledged += entry[2]
-            self._acks.clear()
-            self._release(acked)
+            self._settle(inflight, acked)
             if self._stopping and not self.buffer.pending_bytes:
                 return
             if self._refused:
@@ -620,13 +621,24 @@ class Uplink:
             # `messages` too: unreadable bytes at the end of the log must not make this spin.
             # `not room`: a full window kept this round from sending, and the acks just taken
             # in may have emptied it; waiting now would wait for acks that will never come.
-            more = (bool(messages) or not room) and len(inflight) < self.settings.inflight
+            more = (bool(messages) or not room) and len(inflight) < window
             if more or self._acks:
                 continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(held):  # None: until woken
                     await self._wake.wait()
+        # PUBACKs read together with the end of the connection count: not sent again.
+        self._settle(inflight, acked)
         await self._hang_up(client)
+
+    def _settle(self, inflight: dict[int, tuple[int, int, int]], acked: dict[int, int]) -> None:
+        """Take in the PUBACKs that came, and release what they let go of."""
+        for mid in self._acks:
+            if (entry := inflight.pop(mid, None)) is not None:
+                acked[entry[0]] = entry[1]
+                self.acknowledged += entry[2]
+        self._acks.clear()
+        self._release(acked)
 
     def _release(self, acked: dict[int, int]) -> None:
         cursor = self.buffer.cursor

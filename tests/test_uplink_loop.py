@@ -4,8 +4,10 @@ plain PUBACKs, and subscription handlers that cannot wedge paho's reading."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -230,4 +232,126 @@ def test_pubacks_of_publishes_framed_here_reach_on_publish_refusals_included() -
         assert client._handle_pubackcomp("PUBACK") == mqtt.MQTT_ERR_SUCCESS
     assert seen == [(1, False), (2, True), (3, False)]
     assert not client.awaiting
+    broker_side.close()
+
+
+class ScriptedBroker:
+    """A broker on a thread that answers as a test's `reply(connection, type, body)` says: the
+    wire as a misbehaving or slow broker makes it, which mosquitto will not."""
+
+    def __init__(self, reply: Callable[[int, int, bytes], bytes | None]) -> None:
+        self.reply = reply
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.publishes: list[tuple[int, bytes]] = []  # connection number, topic
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        number = 0
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.listener.accept()
+                number += 1
+                threading.Thread(target=self._talk, args=(conn, number), daemon=True).start()
+
+    def _talk(self, conn: socket.socket, number: int) -> None:
+        with contextlib.suppress(OSError, IndexError), conn:
+            stream = conn.makefile("rb")
+            while header := stream.read(1):
+                length, shift = 0, 0
+                while (byte := stream.read(1)[0]) & 0x80:
+                    length, shift = length | (byte & 0x7F) << shift, shift + 7
+                body = stream.read(length | byte << shift)
+                kind = header[0] & 0xF0
+                if kind == 0x10:
+                    conn.sendall(b"\x20\x02\x00\x00")  # CONNACK, accepted
+                    continue
+                if kind == 0x30:
+                    self.publishes.append((number, body[2 : 2 + int.from_bytes(body[:2])]))
+                if kind == 0xC0:
+                    conn.sendall(b"\xd0\x00")
+                if (answer := self.reply(number, kind, body)) is not None:
+                    conn.sendall(answer)
+                    if answer.endswith(b"\xe0\x00"):  # a DISCONNECT: this connection ends
+                        return
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def puback(body: bytes) -> bytes:
+    """The PUBACK of a QoS 1 PUBLISH's body (its topic, then its id)."""
+    at = 2 + int.from_bytes(body[:2])
+    return b"\x40\x02" + body[at : at + 2]
+
+
+async def run_until(
+    uplink: Uplink, condition: Callable[[], bool], state: Callable[[], str]
+) -> None:
+    task = asyncio.create_task(uplink.run())
+    try:
+        await eventually(condition, state)
+    finally:
+        uplink.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_paho_s_own_messages_share_the_window(tmp_path: Path) -> None:
+    """A broker that never acknowledges: the status, the records and a health message together
+    stay within `inflight` unacknowledged PUBLISHes, as a broker's Receive Maximum demands."""
+    broker = ScriptedBroker(lambda number, kind, body: None)
+    uplink = make_uplink(tmp_path, broker.port, inflight=8)
+    uplink.open()
+    for seq in range(1, 101):
+        uplink.write(aggregate(seq))
+
+    def sent() -> bool:
+        if uplink.connected and len(broker.publishes) >= 8:
+            uplink.publish_health(b'{"h": 1}')
+        return len(broker.publishes) >= 8
+
+    await run_until(uplink, sent, lambda: f"{broker.publishes}")
+    await asyncio.sleep(0.3)
+    assert len(broker.publishes) == 8, broker.publishes
+    broker.close()
+
+
+async def test_acknowledgements_that_come_with_the_end_of_a_connection_count(
+    tmp_path: Path,
+) -> None:
+    """Five PUBACKs and a DISCONNECT in one write: the five records are released, not sent
+    again on the next connection."""
+    held: list[bytes] = []
+
+    def reply(number: int, kind: int, body: bytes) -> bytes | None:
+        if kind != 0x30:
+            return None
+        if number > 1:
+            return puback(body)
+        held.append(puback(body))
+        return b"".join(held) + b"\xe0\x00" if len(held) == 6 else None  # status + 5 records
+
+    broker = ScriptedBroker(reply)
+    uplink = make_uplink(tmp_path, broker.port, inflight=8)
+    uplink.open()
+    for seq in range(1, 6):
+        uplink.write(aggregate(seq))
+    await run_until(
+        uplink,
+        lambda: uplink.reconnects >= 1 and uplink.acknowledged == 5,
+        lambda: f"acknowledged {uplink.acknowledged}, publishes {broker.publishes}",
+    )
+    again = [topic for number, topic in broker.publishes if number > 1 and topic.endswith(b"agg")]
+    assert not again, f"sent again: {again}"
+    assert uplink.buffer.pending_bytes == 0
+    broker.close()
+
+
+def test_a_puback_with_an_unknown_reason_code_is_a_protocol_error_not_a_crash() -> None:
+    client, broker_side = _connected_client(mqtt.MQTTv5)
+    client.on_socket_register_write = lambda c, u, s: None
+    assert client.publish_qos1(b"t", b"p", b"\x00") == 1
+    client._in_packet["packet"] = bytearray(b"\x00\x01\x05")  # 0x05 is no PUBACK reason code
+    assert client._handle_pubackcomp("PUBACK") == mqtt.MQTT_ERR_PROTOCOL
     broker_side.close()
