@@ -174,7 +174,10 @@ class Buffer:
 
     def open(self) -> None:
         """Recover the log: check every frame, set aside what is corrupt, keep all the rest."""
+        if self._fd >= 0:  # a second recovery would cut back the segment mapped now: SIGBUS
+            raise RuntimeError(f"the buffer in {self.directory} is open already")
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._obsolete.clear()  # left by a close() whose commit failed: the cursor says again
         self._lock()
         try:
             self._recover_all()
@@ -235,7 +238,14 @@ class Buffer:
             _pack_into(mapped, start, MAGIC, length, _crc32(payload))
             mapped[start + _HEAD : end] = payload
         else:
-            self._write(start, _pack(MAGIC, length, _crc32(payload)) + payload)
+            try:
+                self._write(start, _pack(MAGIC, length, _crc32(payload)) + payload)
+            except OSError as e:
+                if e.errno not in _NO_SPACE:
+                    raise
+                self._disk_until = self.end  # another program took the disk: ask again next time
+                self._refuse(detail="no disk space for the record")
+                return None
         segment.size = end
         segment.records += 1
         self.stats.appended += 1
@@ -335,9 +345,6 @@ class Buffer:
         while self.pending_bytes + size > self.max_bytes or self._disk_short(wanted):
             if self.overflow == "drop_newest" or not self._drop_oldest_segment():
                 return self._refuse(max_bytes=self.max_bytes)
-        if self._dropping.failures and self.pending_bytes <= self.max_bytes // 2:  # drained
-            _log.info("buffer_space_again", dropped=self.stats.dropped)
-            self._dropping.end()
         if not fits:
             try:
                 if rolls:
@@ -351,6 +358,11 @@ class Buffer:
                 self._disk_until = self.end
                 return self._refuse(detail="no disk space for the segment")
             segment = self.segments[-1]
+        if self._dropping.failures and self.pending_bytes <= self.max_bytes // 2:  # drained
+            # Here, once the record has its room: on a full disk, before it, every refusal
+            # would end the burst and the next begin another, a log line each.
+            _log.info("buffer_space_again", dropped=self.stats.dropped)
+            self._dropping.end()
         if self._dropping.failures:
             self._limit = 0  # come back at each append until drained, to say so
             return True
@@ -425,9 +437,11 @@ class Buffer:
             # A POSIX lock, not flock(): it is the process's, so a test may open a buffer
             # again after dropping one unclosed, as a crash would leave it.
             fcntl.lockf(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as e:
             os.close(self._lock_fd)
             self._lock_fd = -1
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                raise  # no locks on this filesystem, say: not "in use"
             raise OSError(
                 errno.EBUSY,
                 f"{self.directory} is in use by another process (an agent with the same data_dir?)",

@@ -439,7 +439,7 @@ def test_no_disk_for_a_new_segment_refuses_the_record_and_counts_it(tmp_path: Pa
     assert accepted[-100:] == list(range(300, 400))
     assert dropped == len(refused)
     assert kept
-    assert "buffer_full" in err  # said once
+    assert err.count("buffer_full") == 2  # said once a burst: record 0, then 100 on
     assert len(list(tmp_path.glob("*.log"))) == segments  # no file left by a failed one
     with Buffer(tmp_path, segment_bytes=4096) as buffer:
         assert contents(buffer) == [payload(n) for n in accepted]
@@ -505,3 +505,42 @@ def test_a_second_process_cannot_open_a_buffer_in_use(tmp_path: Path) -> None:
         assert "is in use by another process" in other.stderr
     with Buffer(tmp_path / "buffer") as again:  # closed: free to open
         assert [p for _, _, p in again.read(again.cursor)] == [b"mine"]
+
+
+def test_a_full_disk_under_the_pwrite_path_refuses_and_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where segments are written frame by frame, a full disk refuses the record and counts
+    it, as the mapped path does, instead of raising out of append()."""
+
+    def unsupported(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    real_pwrite = os.pwrite
+    full = False
+
+    def pwrite(fd: int, data: bytes, offset: int) -> int:
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    with Buffer(tmp_path, segment_bytes=4096) as buffer:
+        assert buffer.append(payload(0)) is not None
+        full = True
+        assert buffer.append(payload(1)) is None
+        full = False
+        assert buffer.append(payload(2)) is not None
+        assert buffer.stats.dropped == 1
+        assert contents(buffer) == [payload(0), payload(2)]
+
+
+def test_opening_an_open_buffer_again_is_refused(tmp_path: Path) -> None:
+    """A second recovery would cut back the segment mapped now: the next append, SIGBUS."""
+    with Buffer(tmp_path) as buffer:
+        buffer.append(payload(0))
+        with pytest.raises(RuntimeError, match="open already"):
+            buffer.open()
+        buffer.append(payload(1))
+        assert contents(buffer) == [payload(0), payload(1)]
