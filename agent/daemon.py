@@ -186,9 +186,10 @@ class Agent:
                     if route.window is not None:  # sequence numbers go on across restarts
                         route.window.seq = last_seqs.get(channel, 0)
                 uplink_task = asyncio.create_task(self.uplink.run(), name="uplink")
-            # Worker processes take a while to start: before the sensors, off the loop.
-            stages = [m.stage for route in self.owing.values() for m in route.pipeline.meters]
-            await asyncio.to_thread(features.start_workers, stages)
+            if self.owing:
+                # Worker processes take a while to start: before the sensors, off the loop.
+                stages = [m.stage for route in self.owing.values() for m in route.pipeline.meters]
+                await asyncio.to_thread(features.start_workers, stages)
             tasks = [
                 asyncio.create_task(r.run(), name=f"sensor-{r.sensor.name}") for r in self.runners
             ]

@@ -30,15 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.client import PUBLISH
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from agent import __version__, log, wire
 from agent.buffer import Buffer
 from agent.config import BufferSettings, Mqtt
+from agent.mqttclient import Client
 from agent.records import Aggregate, Reading
 from agent.resilience import BreakerState, CircuitBreaker, jittered
 from agent.security import secure
@@ -47,126 +46,6 @@ _log = log.get("agent.uplink")
 _TOPIC = struct.Struct("<H")  # a buffered record is: topic length, topic, payload
 STABLE = 5.0  # seconds a connection must last to count as a success for the backoff
 HANG_UP = 1.0  # seconds a DISCONNECT may take to go out before the socket is just closed
-
-
-class _Client(mqtt.Client):
-    """paho's client, less four costs it puts on every message, the largest of a backlog drain
-    once paho's thread is gone (bench/drain.py under cProfile). Each override is of a private
-    paho method: tests/test_uplink_loop.py pins them, so an upgrade that changes them fails
-    there, not on a board.
-
-    - decoding one builds a ReasonCode and a Properties object, about 20 µs here. A PUBACK
-      of just a message id (MQTT 3.1.1, or 5 without a reason code: success) skips that;
-      anything else (a reason code, properties, PUBCOMP) goes paho's way.
-    - paho then looks through every message in flight for one waiting for room in the
-      window. None of paho's own waits unless one came while the window was full (the
-      "online" status, a health message): only then is it worth the look.
-    - paho reads a packet in three recv() calls (its first byte, its length, the rest): a
-      system call each, for a 4-byte PUBACK. It gets them from what one recv() read ahead.
-    - paho sends each queued packet with a send() of its own: a window-full of PUBLISHes
-      goes out in one.
-    - paho's publish() builds an MQTTMessage and an MQTTMessageInfo (with a threading
-      Condition) and checks the topic, for every message, then settles both at the PUBACK:
-      about a third of a drain. The uplink's QoS 1 records go through publish_qos1() instead,
-      which frames the PUBLISH here (a few lines of the MQTT spec) and hands the PUBACK
-      straight to on_publish. The uplink keeps the window and resends from the buffer on the
-      next connection, which is all paho's bookkeeping of these messages was for.
-    """
-
-    _SUCCESS = ReasonCode(PacketTypes.PUBACK)
-    _NO_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
-    READ_AHEAD = 1 << 16
-
-    _read: bytes = b""  # read ahead from the socket, not yet handed to paho
-    _read_at = 0
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.awaiting: set[int] = set()  # ids of publish_qos1() messages without a PUBACK yet
-
-    def publish_qos1(self, topic: bytes, payload: bytes, properties: bytes) -> int | None:
-        """Queue a QoS 1 PUBLISH of `payload` on `topic` (`properties`: b"" on MQTT 3.1.1,
-        the packed properties on 5); its message id, or None if the connection is gone."""
-        if self._sock is None:
-            return None
-        mid = self._mid_generate()
-        body = _U16.pack(len(topic)) + topic + _U16.pack(mid) + properties + payload
-        self._packet_queue(PUBLISH | 2, b"\x32" + _length(len(body)) + body, mid, 1)
-        self.awaiting.add(mid)
-        self._inflight_messages += 1  # counted with paho's own: they share the window
-        return mid
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        if self._read_at >= len(self._read):
-            self._read, self._read_at = super()._sock_recv(self.READ_AHEAD), 0
-        start, self._read_at = self._read_at, self._read_at + bufsize
-        return self._read[start : self._read_at]
-
-    def _packet_write(self) -> MQTTErrorCode:
-        # A backlog queues PUBLISHes by the window-full: one send() for all of them, not one
-        # each. Only QoS 1 and 2 ones that have not started: paho does nothing after sending
-        # those (their state waits in _out_messages for the PUBACK), so one packet may stand
-        # for them all, partial sends included.
-        queue, merged = self._out_packet, []
-        while (
-            queue
-            and queue[0]["command"] & 0xF0 == PUBLISH
-            and queue[0]["qos"]
-            and not queue[0]["pos"]
-        ):
-            merged.append(queue.popleft())
-        if len(merged) > 1:
-            data = b"".join(packet["packet"] for packet in merged)
-            queue.appendleft({**merged[-1], "to_process": len(data), "packet": data, "info": None})
-        else:
-            queue.extendleft(merged)
-        return super()._packet_write()
-
-    def read_ahead(self) -> bool:
-        """Whether bytes read ahead wait for paho: the socket will not say so."""
-        return self._read_at < len(self._read)
-
-    def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
-        packet = self._in_packet["packet"]
-        mid = packet[0] << 8 | packet[1] if len(packet) >= 2 else -1
-        if cmd == "PUBACK" and mid in self.awaiting:
-            # MQTT 5 may add a reason code (0x80 and above: not delivered) and properties.
-            reason = self._SUCCESS
-            if len(packet) > 2:
-                try:
-                    reason = ReasonCode(PacketTypes.PUBACK, identifier=packet[2])
-                except KeyError:  # no PUBACK reason code: a broken broker; paho reconnects
-                    return MQTTErrorCode.MQTT_ERR_PROTOCOL
-            self.awaiting.discard(mid)
-            self._inflight_messages -= 1
-            on_publish: Any = self.on_publish  # the VERSION2 signature: the uplink's own
-            if on_publish is not None:
-                on_publish(self, self._userdata, mid, reason, self._NO_PROPERTIES)
-            return self._update_inflight()  # a message of paho's may wait for the room
-        if cmd != "PUBACK" or len(packet) != 2:
-            return super()._handle_pubackcomp(cmd)
-        with self._out_message_mutex:
-            if mid in self._out_messages:
-                return self._do_on_publish(mid, self._SUCCESS, self._NO_PROPERTIES)
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
-
-    def _update_inflight(self) -> MQTTErrorCode:
-        if self._inflight_messages - len(self.awaiting) >= len(self._out_messages):
-            return MQTTErrorCode.MQTT_ERR_SUCCESS  # every message of paho's is in flight
-        return super()._update_inflight()
-
-
-_U16 = struct.Struct("!H")
-
-
-def _length(n: int) -> bytes:
-    """MQTT's variable byte integer: seven bits a byte, low first, the top bit "more"."""
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 class Uplink:
@@ -204,7 +83,7 @@ class Uplink:
         self._wake = asyncio.Event()
         self._stopping = False
         self._problems: dict[str, str] = {}  # last problem logged per broker: log each change once
-        self._client: _Client | None = None
+        self._client: Client | None = None
         self._acks: list[int] = []  # message ids the broker acknowledged, not yet processed
         self._batch_since: float | None = None  # when a short batch began to wait
         self._refused = False  # the broker refused a publish on this connection
@@ -384,8 +263,8 @@ class Uplink:
             except OSError as e:  # a full disk, EIO: try again at the next interval
                 _log.error("buffer_commit_failed", error=str(e))
 
-    def _new_client(self) -> _Client:
-        client = _Client(
+    def _new_client(self) -> Client:
+        client = Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"edge-agent-{self.device}",
             protocol=mqtt.MQTTv5 if self.settings.protocol == "5" else mqtt.MQTTv311,
@@ -407,7 +286,7 @@ class Uplink:
         client.on_disconnect = disconnected
         return client
 
-    def _attach(self, client: _Client) -> bool:
+    def _attach(self, client: Client) -> bool:
         """Hand a client connected in a worker thread to the event loop: from now on paho
         runs, and calls back, only here. False if its socket is already gone."""
         loop = asyncio.get_running_loop()
@@ -440,10 +319,10 @@ class Uplink:
         return True
 
     @staticmethod
-    def _readable(client: _Client) -> None:
+    def _readable(client: Client) -> None:
         client.loop_read()
         # Bytes may be in hand where the socket no longer says readable: read ahead by
-        # _Client, or decrypted and held by TLS. Take them now, or they wait for the next
+        # Client, or decrypted and held by TLS. Take them now, or they wait for the next
         # bytes from the broker (a ping away).
         while (sock := client.socket()) is not None and (
             client.read_ahead() or (isinstance(sock, ssl.SSLSocket) and sock.pending())

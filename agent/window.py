@@ -117,11 +117,10 @@ class TumblingWindow:
                 if number < self.horizon or (index is not None and number < index):
                     self.late += 1
                     continue
-                if index is not None:  # it closes the open window
-                    if count:
-                        self.count, self.mean, self.m2, self.total = count, mean, m2, total
-                        self.min, self.max, self.first, self.last = low, high, first, last
-                        closed.append(self._aggregate(index, partial=False))
+                if index is not None:  # it closes the open window (open: a reading in it)
+                    self.count, self.mean, self.m2, self.total = count, mean, m2, total
+                    self.min, self.max, self.first, self.last = low, high, first, last
+                    closed.append(self._aggregate(index, partial=False))
                     count, mean, m2, total = 0, 0.0, 0.0, 0.0
                     low, high = math.inf, -math.inf
                 index = self.index = number

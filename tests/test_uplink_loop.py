@@ -16,8 +16,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.mqttclient import Client
 from agent.records import Aggregate
-from agent.uplink import Uplink, _Client
+from agent.uplink import Uplink
 from tests.broker import Mosquitto
 from tests.helpers import eventually
 from tests.test_uplink_faults import make_uplink
@@ -57,10 +58,11 @@ async def test_a_backlog_drains_with_no_network_thread_and_a_bounded_window(
         await asyncio.gather(task, return_exceptions=True)
 
 
-def test_a_plain_puback_takes_the_short_way_and_a_refusal_goes_paho_s() -> None:
-    """Pins the paho internals _Client relies on: if an upgrade renames them, this fails here
-    rather than as a connection that errors at its first PUBACK."""
-    client = _Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+def test_paho_s_own_messages_are_acknowledged_as_paho_does_refusals_included() -> None:
+    """The status and health go through paho's publish(): the PUBACK handler Client overrides
+    must still hand theirs to paho. Pins the paho internals Client relies on: if an upgrade
+    renames them, this fails here rather than as a connection that errors at its first PUBACK."""
+    client = Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     seen: list[tuple[int, bool]] = []
     client.on_publish = lambda c, u, mid, reason, props: seen.append((mid, reason.is_failure))
     for mid in (1, 2, 3):
@@ -123,11 +125,11 @@ async def test_a_handler_that_raises_does_not_wedge_the_connection(
         loop.set_exception_handler(None)
 
 
-def _connected_client(protocol: int = mqtt.MQTTv311) -> tuple[_Client, socket.socket]:
-    """A _Client on one end of a socket pair, the broker's side the other end."""
+def _connected_client(protocol: int = mqtt.MQTTv311) -> tuple[Client, socket.socket]:
+    """A Client on one end of a socket pair, the broker's side the other end."""
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
-    client = _Client(CallbackAPIVersion.VERSION2, protocol=protocol)
+    client = Client(CallbackAPIVersion.VERSION2, protocol=protocol)
     client._sock = ours
     return client, theirs
 
